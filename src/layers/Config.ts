@@ -1,0 +1,198 @@
+/**
+ * KhalaConfig: every setting of SPEC §9/§10, read once from the environment.
+ *
+ * Services depend on the `KhalaConfig` service, never on `process.env`, so tests build
+ * it with `KhalaConfig.layerWith({...})`. Secrets that are not configured are generated
+ * once under the data dir (development only; `NODE_ENV=production` refuses to start).
+ */
+import { Config, Context, Effect, Layer, Option, Redacted, Schema } from "effect"
+import * as crypto from "node:crypto"
+import * as fs from "node:fs"
+import * as path from "node:path"
+
+export interface KhalaSettings {
+  readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
+  readonly dataDir: string
+  readonly host: string
+  readonly port: number
+  readonly production: boolean
+  readonly serviceToken: Redacted.Redacted<string>
+  readonly adminToken: Redacted.Redacted<string>
+  readonly syncJwtSecret: Option.Option<Redacted.Redacted<string>>
+  readonly syncJwksUrl: Option.Option<string>
+  readonly syncIssuer: string
+  readonly syncAudience: string
+  readonly authTimeoutMs: number
+  readonly heartbeatIntervalMs: number
+  readonly workerHeartbeatStaleAfterMs: number
+  readonly clockSkewMs: number
+  readonly retentionMaxAgeMs: number
+  readonly retentionMaxEntriesPerTopic: number
+  readonly retentionIntervalMs: number
+  readonly maxFrameBytes: number
+  readonly maxBodyBytes: number
+  readonly outboundQueueMaxBytes: number
+  readonly outboundQueueMaxFrames: number
+  readonly slowConsumerGraceMs: number
+  readonly maxSubscriptions: number
+  readonly maxClientFramesPerS: number
+  readonly topicIdleTtlMs: number
+  readonly drainTimeoutMs: number
+  readonly tokenMaxTtlSeconds: number
+  readonly dbMaxConnections: number
+}
+
+export class ConfigurationError extends Schema.TaggedError<ConfigurationError>()("ConfigurationError", {
+  message: Schema.String
+}) {}
+
+const DAY_MS = 24 * 60 * 60 * 1000
+
+/** Defaults for every non-secret setting (SPEC §10). */
+export const defaultSettings = {
+  dataDir: "./.khala",
+  host: "127.0.0.1",
+  port: 4100,
+  production: false,
+  syncIssuer: "khala",
+  syncAudience: "khala-sync",
+  authTimeoutMs: 10_000,
+  heartbeatIntervalMs: 15_000,
+  workerHeartbeatStaleAfterMs: 60_000,
+  clockSkewMs: 30_000,
+  retentionMaxAgeMs: 7 * DAY_MS,
+  retentionMaxEntriesPerTopic: 100_000,
+  retentionIntervalMs: 60_000,
+  maxFrameBytes: 65_536,
+  maxBodyBytes: 1_048_576,
+  outboundQueueMaxBytes: 1_048_576,
+  outboundQueueMaxFrames: 1024,
+  slowConsumerGraceMs: 2_000,
+  maxSubscriptions: 128,
+  maxClientFramesPerS: 100,
+  topicIdleTtlMs: 30_000,
+  drainTimeoutMs: 10_000,
+  tokenMaxTtlSeconds: 24 * 60 * 60,
+  dbMaxConnections: 10
+} as const
+
+const int = (name: string, fallback: number) => Config.Int(name).pipe(Config.withDefault(fallback))
+
+const fromEnv = Config.all({
+  databaseUrl: Config.option(Config.Redacted("DATABASE_URL")),
+  dataDir: Config.String("KHALA_DATA_DIR").pipe(Config.withDefault(defaultSettings.dataDir)),
+  host: Config.String("KHALA_HOST").pipe(Config.withDefault(defaultSettings.host)),
+  port: Config.Port("KHALA_PORT").pipe(Config.withDefault(defaultSettings.port)),
+  nodeEnv: Config.String("NODE_ENV").pipe(Config.withDefault("development")),
+  serviceToken: Config.option(Config.Redacted("KHALA_SERVICE_TOKEN")),
+  adminToken: Config.option(Config.Redacted("KHALA_ADMIN_TOKEN")),
+  syncJwtSecret: Config.option(Config.Redacted("KHALA_SYNC_JWT_SECRET")),
+  syncJwksUrl: Config.option(Config.String("KHALA_SYNC_JWKS_URL")),
+  syncIssuer: Config.String("KHALA_SYNC_ISSUER").pipe(Config.withDefault(defaultSettings.syncIssuer)),
+  syncAudience: Config.String("KHALA_SYNC_AUDIENCE").pipe(Config.withDefault(defaultSettings.syncAudience)),
+  authTimeoutMs: int("KHALA_AUTH_TIMEOUT_MS", defaultSettings.authTimeoutMs),
+  heartbeatIntervalMs: int("KHALA_HEARTBEAT_INTERVAL_MS", defaultSettings.heartbeatIntervalMs),
+  workerHeartbeatStaleAfterMs: int("KHALA_WORKER_HEARTBEAT_STALE_AFTER_MS", defaultSettings.workerHeartbeatStaleAfterMs),
+  clockSkewMs: int("KHALA_CLOCK_SKEW_MS", defaultSettings.clockSkewMs),
+  retentionMaxAgeMs: int("KHALA_RETENTION_MAX_AGE_MS", defaultSettings.retentionMaxAgeMs),
+  retentionMaxEntriesPerTopic: int("KHALA_RETENTION_MAX_ENTRIES_PER_TOPIC", defaultSettings.retentionMaxEntriesPerTopic),
+  retentionIntervalMs: int("KHALA_RETENTION_INTERVAL_MS", defaultSettings.retentionIntervalMs),
+  maxFrameBytes: int("KHALA_MAX_FRAME_BYTES", defaultSettings.maxFrameBytes),
+  maxBodyBytes: int("KHALA_MAX_BODY_BYTES", defaultSettings.maxBodyBytes),
+  outboundQueueMaxBytes: int("KHALA_OUTBOUND_QUEUE_MAX_BYTES", defaultSettings.outboundQueueMaxBytes),
+  outboundQueueMaxFrames: int("KHALA_OUTBOUND_QUEUE_MAX_FRAMES", defaultSettings.outboundQueueMaxFrames),
+  slowConsumerGraceMs: int("KHALA_SLOW_CONSUMER_GRACE_MS", defaultSettings.slowConsumerGraceMs),
+  maxSubscriptions: int("KHALA_MAX_SUBSCRIPTIONS", defaultSettings.maxSubscriptions),
+  maxClientFramesPerS: int("KHALA_MAX_CLIENT_FRAMES_PER_S", defaultSettings.maxClientFramesPerS),
+  topicIdleTtlMs: int("KHALA_TOPIC_IDLE_TTL_MS", defaultSettings.topicIdleTtlMs),
+  drainTimeoutMs: int("KHALA_DRAIN_TIMEOUT_MS", defaultSettings.drainTimeoutMs),
+  tokenMaxTtlSeconds: int("KHALA_TOKEN_MAX_TTL_SECONDS", defaultSettings.tokenMaxTtlSeconds),
+  dbMaxConnections: int("KHALA_DB_MAX_CONNECTIONS", defaultSettings.dbMaxConnections)
+})
+
+interface DevSecrets {
+  readonly service_token: string
+  readonly admin_token: string
+  readonly sync_jwt_secret: string
+}
+
+/**
+ * Loads (or creates, mode 0600) `<dataDir>/dev-secrets.json`. Only called outside production
+ * for secrets the environment does not provide.
+ */
+const loadDevSecrets = (dataDir: string) =>
+  Effect.try({
+    try: () => {
+      const file = path.resolve(dataDir, "dev-secrets.json")
+      if (fs.existsSync(file)) return { file, created: false, secrets: JSON.parse(fs.readFileSync(file, "utf8")) as DevSecrets }
+      fs.mkdirSync(path.dirname(file), { recursive: true })
+      const secrets: DevSecrets = {
+        service_token: `svc_${crypto.randomBytes(24).toString("base64url")}`,
+        admin_token: `adm_${crypto.randomBytes(24).toString("base64url")}`,
+        sync_jwt_secret: crypto.randomBytes(48).toString("base64url")
+      }
+      fs.writeFileSync(file, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600 })
+      return { file, created: true, secrets }
+    },
+    catch: (cause) => new ConfigurationError({ message: `cannot read or create dev secrets: ${String(cause)}` })
+  })
+
+export class KhalaConfig extends Context.Service<KhalaConfig, KhalaSettings>()("khala/layers/KhalaConfig") {
+  /** Reads the environment; generates dev secrets when allowed. */
+  static readonly layer = Layer.effect(
+    KhalaConfig,
+    Effect.gen(function*() {
+      const env = yield* fromEnv
+      const production = env.nodeEnv === "production"
+      const missing = [
+        Option.isNone(env.serviceToken) ? "KHALA_SERVICE_TOKEN" : undefined,
+        Option.isNone(env.adminToken) ? "KHALA_ADMIN_TOKEN" : undefined,
+        Option.isNone(env.syncJwtSecret) && Option.isNone(env.syncJwksUrl) ? "KHALA_SYNC_JWT_SECRET" : undefined
+      ].filter((x): x is string => x !== undefined)
+      let serviceToken = env.serviceToken
+      let adminToken = env.adminToken
+      let syncJwtSecret = env.syncJwtSecret
+      if (missing.length > 0) {
+        if (production) {
+          return yield* new ConfigurationError({
+            message: `NODE_ENV=production requires explicit secrets; missing: ${missing.join(", ")}`
+          })
+        }
+        const dev = yield* loadDevSecrets(env.dataDir)
+        yield* Effect.logWarning(
+          `${dev.created ? "generated" : "using"} development secrets for ${missing.join(", ")} in ${dev.file}`
+        )
+        serviceToken = Option.orElse(serviceToken, () => Option.some(Redacted.make(dev.secrets.service_token)))
+        adminToken = Option.orElse(adminToken, () => Option.some(Redacted.make(dev.secrets.admin_token)))
+        if (Option.isNone(env.syncJwksUrl)) {
+          syncJwtSecret = Option.orElse(syncJwtSecret, () => Option.some(Redacted.make(dev.secrets.sync_jwt_secret)))
+        }
+      }
+      if (Option.isSome(syncJwtSecret) && Buffer.byteLength(Redacted.value(syncJwtSecret.value), "utf8") < 32) {
+        return yield* new ConfigurationError({ message: "KHALA_SYNC_JWT_SECRET must be at least 32 bytes" })
+      }
+      const { nodeEnv: _nodeEnv, ...rest } = env
+      return KhalaConfig.of({
+        ...rest,
+        production,
+        serviceToken: Option.getOrThrow(serviceToken),
+        adminToken: Option.getOrThrow(adminToken),
+        syncJwtSecret
+      })
+    })
+  )
+
+  /** A fully specified config for tests: defaults plus fixed secrets plus overrides. */
+  static readonly layerWith = (overrides: Partial<KhalaSettings> = {}) =>
+    Layer.succeed(KhalaConfig, KhalaConfig.of(testSettings(overrides)))
+}
+
+export const testSettings = (overrides: Partial<KhalaSettings> = {}): KhalaSettings => ({
+  ...defaultSettings,
+  databaseUrl: Option.none(),
+  serviceToken: Redacted.make("test-service-token"),
+  adminToken: Redacted.make("test-admin-token"),
+  syncJwtSecret: Option.some(Redacted.make("test-sync-secret-0123456789abcdef0123456789")),
+  syncJwksUrl: Option.none(),
+  ...overrides
+})
