@@ -1,0 +1,61 @@
+/**
+ * App wiring: every service layer and every route, composed once. `Main.ts` provides the real
+ * config, database and HTTP server; tests provide a test config, a fresh database and a test
+ * server. Data flow: command → transaction → projector → journal → topic actor → connection.
+ */
+import { NodeHttpServer } from "@effect/platform-node"
+import { ByteSize, Effect, Layer } from "effect"
+import { HttpIncomingMessage, HttpRouter } from "effect/http"
+import { createServer } from "node:http"
+import { CommandRunner } from "../services/CommandRunner.ts"
+import { EventStore } from "../services/EventStore.ts"
+import { Idempotency } from "../services/Idempotency.ts"
+import { Journal } from "../services/Journal.ts"
+import { Lifecycle } from "../services/Lifecycle.ts"
+import { ProjectionOps } from "../services/ProjectionOps.ts"
+import { Projector } from "../services/Projector.ts"
+import { ReadModels } from "../services/ReadModels.ts"
+import { RunCommands } from "../services/RunCommands.ts"
+import { TokenIssuer } from "../services/TokenIssuer.ts"
+import { TokenVerifier } from "../services/TokenVerifier.ts"
+import { TopicAccess } from "../services/TopicAccess.ts"
+import { WorkerCommands } from "../services/WorkerCommands.ts"
+import { KhalaConfig } from "./Config.ts"
+import { CommandRoutes } from "./http/CommandRoutes.ts"
+import { AdminRoutes, HealthRoutes, MetricsRoute } from "./http/OperatorRoutes.ts"
+import { SyncRoutes } from "./http/SyncRoutes.ts"
+
+/** Services that need only the database and the config. */
+const BaseServices = Layer.mergeAll(
+  Journal.layer,
+  EventStore.layer,
+  Idempotency.layer,
+  CommandRunner.layer,
+  ReadModels.layer,
+  TopicAccess.layer,
+  TokenVerifier.layer,
+  TokenIssuer.layer,
+  Lifecycle.layer
+)
+
+/** All services; requires `SqlClient`/`PgClient` and `KhalaConfig`. */
+export const ServicesLive = Layer.mergeAll(RunCommands.layer, WorkerCommands.layer, ProjectionOps.layer).pipe(
+  Layer.provideMerge(Projector.layer),
+  Layer.provideMerge(BaseServices)
+)
+
+export const Routes = Layer.mergeAll(CommandRoutes, SyncRoutes, HealthRoutes, AdminRoutes, MetricsRoute)
+
+const MaxBodySizeLive = Layer.unwrap(Effect.gen(function*() {
+  const c = yield* KhalaConfig
+  return Layer.succeed(HttpIncomingMessage.MaxBodySize, ByteSize.bytes(c.maxBodyBytes))
+}))
+
+/** The HTTP app on whatever `HttpServer` is provided. */
+export const HttpAppLive = HttpRouter.serve(Routes, { disableLogger: true }).pipe(Layer.provide(MaxBodySizeLive))
+
+/** The real listening server from config. */
+export const HttpServerLive = Layer.unwrap(Effect.gen(function*() {
+  const c = yield* KhalaConfig
+  return NodeHttpServer.layer(createServer, { port: c.port, host: c.host, gracefulShutdownTimeout: "2 seconds" })
+}))

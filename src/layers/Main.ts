@@ -1,0 +1,25 @@
+/**
+ * The daemon: config → database (embedded or DATABASE_URL) → migrations → services → HTTP/WS
+ * server, with telemetry provided to the server so request spans are traced.
+ */
+import { Effect, Layer } from "effect"
+import { HttpServer } from "effect/http"
+import { HttpAppLive, HttpServerLive, ServicesLive } from "./App.ts"
+import { KhalaConfig } from "./Config.ts"
+import { DatabaseLive } from "./Database.ts"
+import { MigrationsLive } from "./Migrations.ts"
+import { LoggingLive, TracingLive } from "./Telemetry.ts"
+
+/** The database with migrations applied before anything else uses it. */
+export const MigratedDatabaseLive = MigrationsLive.pipe(Layer.provideMerge(DatabaseLive))
+
+const Listening = Layer.effectDiscard(HttpServer.addressFormattedWith((where) => Effect.logInfo(`khala listening on ${where}`)))
+
+export const MainLive = Layer.mergeAll(HttpAppLive, Listening).pipe(
+  Layer.provide(HttpServerLive),
+  Layer.provide(ServicesLive),
+  Layer.provide(MigratedDatabaseLive),
+  Layer.provide(KhalaConfig.layer),
+  Layer.provide(TracingLive),
+  Layer.provide(LoggingLive)
+)

@@ -1,0 +1,82 @@
+/**
+ * CommandRunner: the envelope of every appending command — one Postgres transaction, the commit
+ * latency histogram, the outcome counter, and the mapping of unexpected database failures to a
+ * typed `internal` error (counted as a projection write failure). Nothing is delivered before
+ * commit: journal notifications are transactional `pg_notify`s.
+ */
+import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
+import { SqlClient } from "effect/sql"
+import { SqlError } from "effect/sql/SqlError"
+import { ApiError, apiError } from "../domain/ApiError.ts"
+import type { JsonObject } from "../domain/Json.ts"
+import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
+
+export interface CommandResult {
+  readonly status: number
+  readonly body: JsonObject
+}
+
+export class CommandRunner extends Context.Service<CommandRunner, {
+  readonly transact: <A extends CommandResult, R>(
+    command: string,
+    body: Effect.Effect<A, ApiError | SqlError, R>
+  ) => Effect.Effect<A, ApiError, R>
+}>()("khala/services/CommandRunner") {
+  static readonly layer = Layer.effect(
+    CommandRunner,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const transact = <A extends CommandResult, R>(command: string, body: Effect.Effect<A, ApiError | SqlError, R>) =>
+        Effect.gen(function*() {
+          const start = yield* Clock.currentTimeMillis
+          const result = yield* sql.withTransaction(body).pipe(
+            Effect.catchIf(
+              (e): e is SqlError => e instanceof SqlError,
+              (e) =>
+                Metric.update(projectionWriteFailures, 1).pipe(
+                  Effect.andThen(Effect.logError(`command ${command} failed in the database`, e)),
+                  Effect.andThen(Effect.fail(apiError("internal", "the command could not be committed; retry it")))
+                )
+            ),
+            Effect.tapError((e) =>
+              Metric.update(Metric.withAttributes(commandsTotal, { command, outcome: e.code }), 1)
+            )
+          )
+          const end = yield* Clock.currentTimeMillis
+          yield* Metric.update(commandCommitDurationMs, end - start)
+          yield* Metric.update(
+            Metric.withAttributes(commandsTotal, { command, outcome: result.status === 200 ? "replayed" : "ok" }),
+            1
+          )
+          return result
+        }).pipe(Effect.withSpan(`Command.${command}`))
+      return CommandRunner.of({ transact })
+    })
+  )
+}
+
+/** Decodes an unknown body with a Schema; failures become 400 `invalid_request`. */
+export const decodeBody = <S extends Schema.Decoder<unknown>>(schema: S, body: unknown) =>
+  Schema.decodeUnknownEffect(schema)(body).pipe(
+    Effect.mapError((e) => apiError("invalid_request", e.message))
+  ) as Effect.Effect<S["Type"], ApiError, S["DecodingServices"]>
+
+/** Parses an optional ISO-8601 `occurred_at`; defaults to `nowMs`. */
+export const occurredAt = (value: string | undefined, nowMs: number) => {
+  if (value === undefined) return Effect.succeed(nowMs)
+  const ms = Date.parse(value)
+  return Number.isFinite(ms) && /^\d{4}-\d{2}-\d{2}T/.test(value)
+    ? Effect.succeed(ms)
+    : Effect.fail(apiError("invalid_request", "occurred_at must be an ISO-8601 timestamp", { occurred_at: value }))
+}
+
+/** Maps a database failure on a read path to a typed 500. */
+export const orInternal = <A, E>(eff: Effect.Effect<A, E | SqlError>) =>
+  Effect.catchIf(
+    eff,
+    (e): e is SqlError => e instanceof SqlError,
+    (e) =>
+      Effect.logError("read failed in the database", e).pipe(
+        Effect.andThen(Effect.fail(apiError("internal", "the database is unavailable; retry")))
+      )
+  ) as Effect.Effect<A, Exclude<E, SqlError> | ApiError>

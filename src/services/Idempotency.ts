@@ -1,0 +1,64 @@
+/**
+ * Idempotency keys (SPEC §6, §10): scoped per entity, checked and stored inside the command's
+ * transaction after the entity row is locked, so concurrent retries of one key serialise on that
+ * lock. Same key + same request ⇒ the original response (status 200); same key + different
+ * request ⇒ 409 `idempotency_key_reused`.
+ */
+import { Context, Effect, Layer } from "effect"
+import { SqlClient } from "effect/sql"
+import type { SqlError } from "effect/sql/SqlError"
+import { createHash } from "node:crypto"
+import { ApiError, apiError } from "../domain/ApiError.ts"
+import { canonicalJson, type JsonObject } from "../domain/Json.ts"
+
+export type EntityKind = "run" | "worker"
+
+export interface IdempotencyScope {
+  readonly entityKind: EntityKind
+  readonly entityId: string
+  readonly key: string
+  readonly requestHash: string
+}
+
+/** Hash of a command and its body, without the key itself. */
+export const requestHash = (command: string, body: Record<string, unknown>) => {
+  const { idempotency_key: _key, ...rest } = body
+  return createHash("sha256").update(canonicalJson({ command, body: rest })).digest("hex")
+}
+
+export class Idempotency extends Context.Service<Idempotency, {
+  /** The stored response for this key, or `undefined`; fails on a reused key. */
+  readonly lookup: (scope: IdempotencyScope) => Effect.Effect<JsonObject | undefined, SqlError | ApiError>
+  readonly store: (scope: IdempotencyScope, status: number, response: JsonObject) => Effect.Effect<void, SqlError>
+}>()("khala/services/Idempotency") {
+  static readonly layer = Layer.effect(
+    Idempotency,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      return Idempotency.of({
+        lookup: (scope) =>
+          sql<{ request_hash: string; response: JsonObject }>`
+            SELECT request_hash, response FROM runtime.idempotency_keys
+            WHERE entity_kind = ${scope.entityKind} AND entity_id = ${scope.entityId}
+              AND idempotency_key = ${scope.key}`.pipe(
+            Effect.flatMap(([row]) => {
+              if (!row) return Effect.succeed(undefined)
+              if (row.request_hash !== scope.requestHash) {
+                return Effect.fail(
+                  apiError("idempotency_key_reused", "this idempotency_key was used with a different request", {
+                    idempotency_key: scope.key
+                  })
+                )
+              }
+              return Effect.succeed(row.response)
+            })
+          ),
+        store: (scope, status, response) =>
+          sql`
+            INSERT INTO runtime.idempotency_keys (entity_kind, entity_id, idempotency_key, request_hash, status, response)
+            VALUES (${scope.entityKind}, ${scope.entityId}, ${scope.key}, ${scope.requestHash}, ${status},
+                    ${JSON.stringify(response)}::jsonb)`.pipe(Effect.asVoid)
+      })
+    })
+  )
+}

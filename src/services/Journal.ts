@@ -1,0 +1,163 @@
+/**
+ * Journal: the ordered, gapless per-topic log (`runtime.sync_stream_events`) and its positions
+ * (`runtime.sync_topic_sequences`) and epoch (`runtime.sync_journal_epoch`).
+ *
+ * Invariants:
+ * - Seqs are allocated by Postgres in the committing transaction (`UPDATE … RETURNING` on the topic's
+ *   sequence row). The row lock is held until commit, so per-topic commit order = seq order, and a
+ *   rolled-back transaction leaves no gap.
+ * - Each entry is encoded once, at write time, into the wire `Update` (binary and proto3 JSON);
+ *   readers splice the stored bytes into frames and never re-encode.
+ * - `pg_notify('khala_journal', '<head_seq> <topic>')` is issued inside the transaction, so
+ *   listeners hear about an entry only after it committed (never on rollback).
+ * Only the Projector appends (inside the command's transaction); TopicHub, Snapshot and the
+ * retention job read.
+ */
+import { create, toJson } from "@bufbuild/protobuf"
+import { Array as Arr, Context, Effect, Layer } from "effect"
+import { SqlClient } from "effect/sql"
+import type { SqlError } from "effect/sql/SqlError"
+import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
+import { encodedUpdate } from "../domain/Protocol.ts"
+import { documentJson } from "../domain/Documents.ts"
+
+export const JOURNAL_CHANNEL = "khala_journal"
+export const SCHEMA_VERSION = 1
+
+/** An entry to append; the seq is allocated by `append`. */
+export interface JournalDraft {
+  readonly topic: string
+  readonly kind: string
+  readonly docKey: string
+  readonly docVersion: number
+  readonly occurredAtMs: number
+  readonly body: Update["body"]
+}
+
+/** A stored entry as delivery reads it: the seq plus the pre-encoded Update. */
+export interface StoredEntry {
+  readonly seq: number
+  readonly pb: Uint8Array
+  readonly json: string
+}
+
+export interface TopicPosition {
+  readonly epoch: string
+  /** First retained seq; head + 1 for an empty topic. */
+  readonly floorSeq: number
+  readonly headSeq: number
+}
+
+/** `{topic: last seq appended to it}` for one command. */
+export type TopicSeqs = Record<string, number>
+
+export class Journal extends Context.Service<Journal, {
+  /** Appends drafts (in order) inside the current transaction; returns the last seq per topic. */
+  readonly append: (
+    drafts: ReadonlyArray<JournalDraft>,
+    committedAtMs: number,
+    options?: { readonly notify: boolean }
+  ) => Effect.Effect<TopicSeqs, SqlError>
+  /** Entries with seq > afterSeq, ascending, at most `limit`. */
+  readonly read: (topic: string, afterSeq: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
+  readonly position: (topic: string) => Effect.Effect<TopicPosition, SqlError>
+  readonly epoch: Effect.Effect<string, SqlError>
+}>()("khala/services/Journal") {
+  static readonly layer = Layer.effect(
+    Journal,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+
+      const append = Effect.fn("Journal.append")(function*(
+        drafts: ReadonlyArray<JournalDraft>,
+        committedAtMs: number,
+        options?: { readonly notify: boolean }
+      ) {
+        const byTopic = new Map<string, Array<JournalDraft>>()
+        for (const d of drafts) {
+          const list = byTopic.get(d.topic)
+          if (list) list.push(d)
+          else byTopic.set(d.topic, [d])
+        }
+        const topicSeqs: TopicSeqs = {}
+        const rows: Array<Record<string, unknown>> = []
+        // Topics in a fixed order (entity topic first, as drafted): every command locks the
+        // sequence rows in the same relative order, so concurrent commands cannot deadlock.
+        for (const [topic, list] of byTopic) {
+          const n = list.length
+          const [row] = yield* sql<{ head_seq: bigint }>`
+            INSERT INTO runtime.sync_topic_sequences (topic, head_seq, floor_seq) VALUES (${topic}, ${n}, 1)
+            ON CONFLICT (topic) DO UPDATE SET head_seq = runtime.sync_topic_sequences.head_seq + ${n}
+            RETURNING head_seq`
+          const head = Number(row!.head_seq)
+          topicSeqs[topic] = head
+          list.forEach((d, i) => {
+            const seq = head - n + 1 + i
+            const update = create(UpdateSchema, {
+              seq: BigInt(seq),
+              kind: d.kind,
+              docKey: d.docKey,
+              docVersion: BigInt(d.docVersion),
+              schemaVersion: SCHEMA_VERSION,
+              occurredAtMs: BigInt(d.occurredAtMs),
+              committedAtMs: BigInt(committedAtMs),
+              body: d.body
+            })
+            const encoded = encodedUpdate(update)
+            rows.push({
+              topic,
+              seq,
+              kind: d.kind,
+              doc_key: d.docKey,
+              doc_version: d.docVersion,
+              schema_version: SCHEMA_VERSION,
+              occurred_at: new Date(d.occurredAtMs),
+              committed_at: new Date(committedAtMs),
+              body: JSON.stringify(documentJson(d.body)),
+              update_pb: encoded.pb,
+              update_json: encoded.json
+            })
+          })
+        }
+        if (!Arr.isArrayNonEmpty(rows)) return topicSeqs
+        yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(rows)}`
+        if (options?.notify === false) return topicSeqs
+        for (const [topic, head] of Object.entries(topicSeqs)) {
+          yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, ${`${head} ${topic}`})`
+        }
+        return topicSeqs
+      })
+
+      const read = (topic: string, afterSeq: number, limit: number) =>
+        sql<{ seq: bigint; update_pb: Uint8Array; update_json: string }>`
+          SELECT seq, update_pb, update_json FROM runtime.sync_stream_events
+          WHERE topic = ${topic} AND seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`.pipe(
+          Effect.map((rows) => rows.map((r) => ({ seq: Number(r.seq), pb: r.update_pb, json: r.update_json })))
+        )
+
+      const epoch = sql<{ epoch: string }>`SELECT epoch FROM runtime.sync_journal_epoch`.pipe(
+        Effect.map((rows) => rows[0]?.epoch ?? "")
+      )
+
+      const position = (topic: string) =>
+        sql<{ epoch: string; head_seq: bigint | null; floor_seq: bigint | null }>`
+          SELECT e.epoch, s.head_seq, s.floor_seq
+          FROM runtime.sync_journal_epoch e
+          LEFT JOIN runtime.sync_topic_sequences s ON s.topic = ${topic}`.pipe(
+          Effect.map(([row]) => {
+            const headSeq = row?.head_seq == null ? 0 : Number(row.head_seq)
+            return {
+              epoch: row?.epoch ?? "",
+              headSeq,
+              floorSeq: row?.floor_seq == null ? headSeq + 1 : Number(row.floor_seq)
+            }
+          })
+        )
+
+      return Journal.of({ append, read, position, epoch })
+    })
+  )
+}
+
+/** The proto3 JSON of an Update (for tests and tools). */
+export const updateJson = (update: Update) => toJson(UpdateSchema, update, { useProtoFieldName: true })

@@ -1,0 +1,25 @@
+/**
+ * Lifecycle: the node's readiness and drain state. Draining is one-way: once set, `/readyz`
+ * answers 503, the WebSocket endpoint refuses new connections, and open ones are sent
+ * `Goodbye{server_draining}`.
+ */
+import { Context, Deferred, Effect, Layer } from "effect"
+
+export class Lifecycle extends Context.Service<Lifecycle, {
+  readonly isDraining: Effect.Effect<boolean>
+  /** Completes when a drain was requested. */
+  readonly drainRequested: Deferred.Deferred<void>
+  readonly requestDrain: Effect.Effect<void>
+}>()("khala/services/Lifecycle") {
+  static readonly layer = Layer.effect(
+    Lifecycle,
+    Effect.gen(function*() {
+      const drainRequested = yield* Deferred.make<void>()
+      return Lifecycle.of({
+        isDraining: Deferred.isDone(drainRequested),
+        drainRequested,
+        requestDrain: Deferred.succeed(drainRequested, undefined).pipe(Effect.asVoid)
+      })
+    })
+  )
+}

@@ -1,0 +1,59 @@
+/**
+ * Every `khala_` metric, defined once. Exposed on `GET /metrics` (Prometheus text).
+ */
+import { Metric } from "effect"
+
+const ms = Metric.exponentialBoundaries({ start: 0.5, factor: 2, count: 14 })
+
+export const commandsTotal = Metric.counter("khala_commands_total", {
+  description: "HTTP commands by command and outcome (ok, replayed, or the error code)",
+  incremental: true
+})
+export const commandCommitDurationMs = Metric.histogram("khala_command_commit_duration_ms", {
+  description: "Duration of a command's transaction, commit included",
+  boundaries: ms
+})
+export const projectionWriteFailures = Metric.counter("khala_projection_write_failures_total", {
+  description: "Command transactions that failed with a database error",
+  incremental: true
+})
+export const projectionDriftTotal = Metric.counter("khala_projection_drift_total", {
+  description: "Documents found to differ from a recomputation of their authority history",
+  incremental: true
+})
+export const projectionLagMs = Metric.gauge("khala_projection_lag_ms", {
+  description: "Commit-to-notification lag of the last journal notification this node received"
+})
+export const replayDurationMs = Metric.histogram("khala_replay_duration_ms", {
+  description: "Time from Subscribe to CaughtUp per subscription",
+  boundaries: ms
+})
+export const connectionsGauge = Metric.gauge("khala_ws_connections", { description: "Open WebSocket connections" })
+export const subscriptionsGauge = Metric.gauge("khala_ws_subscriptions", { description: "Active topic subscriptions" })
+export const deliveredFrames = Metric.counter("khala_delivered_frames_total", {
+  description: "Frames written to WebSocket connections",
+  incremental: true
+})
+export const deliveredBytes = Metric.counter("khala_delivered_bytes_total", {
+  description: "Bytes written to WebSocket connections",
+  incremental: true
+})
+export const slowConsumerEvictions = Metric.counter("khala_slow_consumer_evictions_total", {
+  description: "Connections closed with slow_consumer",
+  incremental: true
+})
+export const authFailures = Metric.counter("khala_auth_failures_total", {
+  description: "Authentication failures by code",
+  incremental: true
+})
+export const tokenMintFailures = Metric.counter("khala_token_mint_failures_total", {
+  description: "Token mint requests that failed",
+  incremental: true
+})
+export const topicQueueDepth = Metric.gauge("khala_topic_queue_depth", {
+  description: "Entries waiting in topic actor mailboxes (sum over topics)"
+})
+export const journalCompactedEntries = Metric.counter("khala_journal_compacted_entries_total", {
+  description: "Journal entries removed by retention",
+  incremental: true
+})

@@ -1,0 +1,215 @@
+/**
+ * Projector: the single writer of read models, the journal and projection checkpoints.
+ *
+ * Runs inside the command's transaction: previous document + committed event → next document
+ * (pure, `domain/*Projection.ts`); the read model is upserted with `doc_version + 1` only when the
+ * encoded content changed; journal entries go to every affected topic (SPEC §3); the checkpoint
+ * records the last applied entity seq and the document hash.
+ */
+import { create } from "@bufbuild/protobuf"
+import { timestampFromMs } from "@bufbuild/protobuf/wkt"
+import { Context, Effect, Layer } from "effect"
+import { SqlClient } from "effect/sql"
+import type { SqlError } from "effect/sql/SqlError"
+import {
+  type CodexWorkerSummary,
+  type RunSummary,
+  RunEventSchema,
+  WorkerEventSchema
+} from "../gen/openagents/sync/v1/documents_pb.ts"
+import type { Update } from "../gen/openagents/sync/v1/frames_pb.ts"
+import {
+  decodeRunSummary,
+  decodeWorkerSummary,
+  encodeRunSummary,
+  encodeWorkerSummary,
+  PROJECTION_VERSION,
+  sha256Hex
+} from "../domain/Documents.ts"
+import { projectRun, runDocKey, runEventDocKey, type RunEventRecord } from "../domain/RunProjection.ts"
+import { runTopic, userRunsTopic, userWorkersTopic, workerTopic } from "../domain/Topic.ts"
+import {
+  isWorkerTaxonomyType,
+  projectWorker,
+  workerDocKey,
+  workerEventDocKey,
+  type WorkerEventRecord
+} from "../domain/WorkerProjection.ts"
+import { Journal, type JournalDraft, type TopicSeqs } from "./Journal.ts"
+
+export interface Projected<Doc> {
+  readonly doc: Doc
+  readonly docVersion: number
+  readonly changed: boolean
+  readonly topicSeqs: TopicSeqs
+}
+
+/** `notify: false` (rebuild) skips the per-topic notifications; the caller announces the epoch instead. */
+export interface ApplyOptions {
+  readonly notify: boolean
+}
+
+export const SUMMARY_KIND = { run: "run.summary", worker: "worker.summary" } as const
+
+export class Projector extends Context.Service<Projector, {
+  readonly applyRun: (
+    event: RunEventRecord,
+    committedAtMs: number,
+    options?: ApplyOptions
+  ) => Effect.Effect<Projected<RunSummary>, SqlError>
+  readonly applyWorker: (
+    event: WorkerEventRecord,
+    committedAtMs: number,
+    options?: ApplyOptions
+  ) => Effect.Effect<Projected<CodexWorkerSummary>, SqlError>
+}>()("khala/services/Projector") {
+  static readonly layer = Layer.effect(
+    Projector,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const journal = yield* Journal
+
+      /** The shared step: load → project → upsert if changed → journal → checkpoint. */
+      const apply = <Doc>(spec: {
+        readonly entityKind: "run" | "worker"
+        readonly entityId: string
+        readonly ownerUserId: string
+        readonly seq: number
+        readonly occurredAtMs: number
+        readonly docKey: string
+        readonly decode: (bytes: Uint8Array) => Doc
+        readonly encode: (doc: Doc) => Uint8Array
+        readonly project: (prev: Doc | undefined) => Doc
+        readonly summaryBody: (doc: Doc) => Update["body"]
+        /** The event's own journal entry (on the entity topic), if it has one. */
+        readonly eventDraft: JournalDraft | undefined
+        readonly summaryTopics: ReadonlyArray<string>
+        readonly committedAtMs: number
+        readonly options: ApplyOptions | undefined
+      }) =>
+        Effect.gen(function*() {
+          const [prevRow] = yield* sql<{ doc_version: bigint; document: Uint8Array; doc_hash: string }>`
+            SELECT doc_version, document, doc_hash FROM runtime.read_models WHERE doc_key = ${spec.docKey}`
+          const prev = prevRow ? spec.decode(prevRow.document) : undefined
+          const doc = spec.project(prev)
+          const bytes = spec.encode(doc)
+          const hash = sha256Hex(bytes)
+          const changed = hash !== prevRow?.doc_hash
+          const docVersion = Number(prevRow?.doc_version ?? 0) + (changed ? 1 : 0)
+          if (changed) {
+            yield* sql`
+              INSERT INTO runtime.read_models (doc_key, kind, entity_id, owner_user_id, doc_version, document, doc_hash)
+              VALUES (${spec.docKey}, ${SUMMARY_KIND[spec.entityKind]}, ${spec.entityId}, ${spec.ownerUserId},
+                      ${docVersion}, ${bytes}, ${hash})
+              ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
+                doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`
+          }
+          const drafts: Array<JournalDraft> = spec.eventDraft ? [spec.eventDraft] : []
+          if (changed) {
+            for (const topic of spec.summaryTopics) {
+              drafts.push({
+                topic,
+                kind: SUMMARY_KIND[spec.entityKind],
+                docKey: spec.docKey,
+                docVersion,
+                occurredAtMs: spec.occurredAtMs,
+                body: spec.summaryBody(doc)
+              })
+            }
+          }
+          const topicSeqs = yield* journal.append(drafts, spec.committedAtMs, spec.options)
+          yield* sql`
+            INSERT INTO runtime.projection_checkpoints (entity_kind, entity_id, last_seq, doc_hash, projection_version)
+            VALUES (${spec.entityKind}, ${spec.entityId}, ${spec.seq}, ${hash}, ${PROJECTION_VERSION})
+            ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
+              projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
+          return { doc, docVersion, changed, topicSeqs }
+        })
+
+      const applyRun = Effect.fn("Projector.applyRun")(function*(
+        event: RunEventRecord,
+        committedAtMs: number,
+        options?: ApplyOptions
+      ) {
+        yield* Effect.annotateCurrentSpan({ "khala.run_id": event.runId, "khala.seq": event.seq })
+        return yield* apply<RunSummary>({
+          entityKind: "run",
+          entityId: event.runId,
+          ownerUserId: event.ownerUserId,
+          seq: event.seq,
+          occurredAtMs: event.occurredAtMs,
+          docKey: runDocKey(event.runId),
+          decode: decodeRunSummary,
+          encode: encodeRunSummary,
+          project: (prev) => projectRun(prev, event),
+          summaryBody: (doc) => ({ case: "runSummary", value: doc }),
+          eventDraft: {
+            topic: runTopic(event.runId),
+            kind: "run.event",
+            docKey: runEventDocKey(event.runId, event.seq),
+            docVersion: 1,
+            occurredAtMs: event.occurredAtMs,
+            body: {
+              case: "runEvent",
+              value: create(RunEventSchema, {
+                runId: event.runId,
+                seq: BigInt(event.seq),
+                type: event.type,
+                payload: event.payload,
+                occurredAt: timestampFromMs(event.occurredAtMs)
+              })
+            }
+          },
+          summaryTopics: [runTopic(event.runId), userRunsTopic(event.ownerUserId)],
+          committedAtMs,
+          options
+        })
+      })
+
+      const applyWorker = Effect.fn("Projector.applyWorker")(function*(
+        event: WorkerEventRecord,
+        committedAtMs: number,
+        options?: ApplyOptions
+      ) {
+        yield* Effect.annotateCurrentSpan({ "khala.worker_id": event.workerId, "khala.seq": event.seq })
+        return yield* apply<CodexWorkerSummary>({
+          entityKind: "worker",
+          entityId: event.workerId,
+          ownerUserId: event.ownerUserId,
+          seq: event.seq,
+          occurredAtMs: event.occurredAtMs,
+          docKey: workerDocKey(event.workerId),
+          decode: decodeWorkerSummary,
+          encode: encodeWorkerSummary,
+          project: (prev) => projectWorker(prev, event),
+          summaryBody: (doc) => ({ case: "workerSummary", value: doc }),
+          // Authority-only events (worker.created/resumed) show only as summary updates.
+          eventDraft: isWorkerTaxonomyType(event.type)
+            ? {
+              topic: workerTopic(event.workerId),
+              kind: event.type,
+              docKey: workerEventDocKey(event.workerId, event.seq),
+              docVersion: 1,
+              occurredAtMs: event.occurredAtMs,
+              body: {
+                case: "workerEvent",
+                value: create(WorkerEventSchema, {
+                  workerId: event.workerId,
+                  seq: BigInt(event.seq),
+                  type: event.type,
+                  payload: event.payload,
+                  occurredAt: timestampFromMs(event.occurredAtMs)
+                })
+              }
+            }
+            : undefined,
+          summaryTopics: [workerTopic(event.workerId), userWorkersTopic(event.ownerUserId)],
+          committedAtMs,
+          options
+        })
+      })
+
+      return Projector.of({ applyRun, applyWorker })
+    })
+  )
+}
