@@ -20,6 +20,10 @@ import { TokenIssuer } from "../services/TokenIssuer.ts"
 import { TokenVerifier } from "../services/TokenVerifier.ts"
 import { TopicAccess } from "../services/TopicAccess.ts"
 import { WorkerCommands } from "../services/WorkerCommands.ts"
+import { JournalFeedLive } from "../services/JournalFeed.ts"
+import { Retention, RetentionJobLive } from "../services/Retention.ts"
+import { TopicHub } from "../services/TopicHub.ts"
+import { SyncSocketRoute, webSocketServerOptions } from "./http/SyncSocket.ts"
 import { KhalaConfig } from "./Config.ts"
 import { CommandRoutes } from "./http/CommandRoutes.ts"
 import { AdminRoutes, HealthRoutes, MetricsRoute } from "./http/OperatorRoutes.ts"
@@ -35,7 +39,9 @@ const BaseServices = Layer.mergeAll(
   TopicAccess.layer,
   TokenVerifier.layer,
   TokenIssuer.layer,
-  Lifecycle.layer
+  Lifecycle.layer,
+  TopicHub.layer.pipe(Layer.provide(Journal.layer)),
+  Retention.layer
 )
 
 /** All services; requires `SqlClient`/`PgClient` and `KhalaConfig`. */
@@ -44,7 +50,10 @@ export const ServicesLive = Layer.mergeAll(RunCommands.layer, WorkerCommands.lay
   Layer.provideMerge(BaseServices)
 )
 
-export const Routes = Layer.mergeAll(CommandRoutes, SyncRoutes, HealthRoutes, AdminRoutes, MetricsRoute)
+/** Background work of a node: the journal listener and the retention job. */
+export const BackgroundLive = Layer.mergeAll(JournalFeedLive, RetentionJobLive)
+
+export const Routes = Layer.mergeAll(CommandRoutes, SyncRoutes, SyncSocketRoute, HealthRoutes, AdminRoutes, MetricsRoute)
 
 const MaxBodySizeLive = Layer.unwrap(Effect.gen(function*() {
   const c = yield* KhalaConfig
@@ -57,5 +66,10 @@ export const HttpAppLive = HttpRouter.serve(Routes, { disableLogger: true }).pip
 /** The real listening server from config. */
 export const HttpServerLive = Layer.unwrap(Effect.gen(function*() {
   const c = yield* KhalaConfig
-  return NodeHttpServer.layer(createServer, { port: c.port, host: c.host, gracefulShutdownTimeout: "2 seconds" })
+  return NodeHttpServer.layer(createServer, {
+    port: c.port,
+    host: c.host,
+    gracefulShutdownTimeout: "2 seconds",
+    websocket: webSocketServerOptions(c.maxFrameBytes)
+  })
 }))

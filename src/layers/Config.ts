@@ -37,6 +37,7 @@ export interface KhalaSettings {
   readonly maxSubscriptions: number
   readonly maxClientFramesPerS: number
   readonly topicIdleTtlMs: number
+  readonly topicRingEntries: number
   readonly drainTimeoutMs: number
   readonly tokenMaxTtlSeconds: number
   readonly dbMaxConnections: number
@@ -71,6 +72,7 @@ export const defaultSettings = {
   maxSubscriptions: 128,
   maxClientFramesPerS: 100,
   topicIdleTtlMs: 30_000,
+  topicRingEntries: 2048,
   drainTimeoutMs: 10_000,
   tokenMaxTtlSeconds: 24 * 60 * 60,
   dbMaxConnections: 10
@@ -105,6 +107,7 @@ const fromEnv = Config.all({
   maxSubscriptions: int("KHALA_MAX_SUBSCRIPTIONS", defaultSettings.maxSubscriptions),
   maxClientFramesPerS: int("KHALA_MAX_CLIENT_FRAMES_PER_S", defaultSettings.maxClientFramesPerS),
   topicIdleTtlMs: int("KHALA_TOPIC_IDLE_TTL_MS", defaultSettings.topicIdleTtlMs),
+  topicRingEntries: int("KHALA_TOPIC_RING_ENTRIES", defaultSettings.topicRingEntries),
   drainTimeoutMs: int("KHALA_DRAIN_TIMEOUT_MS", defaultSettings.drainTimeoutMs),
   tokenMaxTtlSeconds: int("KHALA_TOKEN_MAX_TTL_SECONDS", defaultSettings.tokenMaxTtlSeconds),
   dbMaxConnections: int("KHALA_DB_MAX_CONNECTIONS", defaultSettings.dbMaxConnections)

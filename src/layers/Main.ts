@@ -4,7 +4,8 @@
  */
 import { Effect, Layer } from "effect"
 import { HttpServer } from "effect/http"
-import { HttpAppLive, HttpServerLive, ServicesLive } from "./App.ts"
+import { BackgroundLive, HttpAppLive, HttpServerLive, ServicesLive } from "./App.ts"
+import { DrainLive } from "./Drain.ts"
 import { KhalaConfig } from "./Config.ts"
 import { DatabaseLive } from "./Database.ts"
 import { MigrationsLive } from "./Migrations.ts"
@@ -15,8 +16,9 @@ export const MigratedDatabaseLive = MigrationsLive.pipe(Layer.provideMerge(Datab
 
 const Listening = Layer.effectDiscard(HttpServer.addressFormattedWith((where) => Effect.logInfo(`khala listening on ${where}`)))
 
-export const MainLive = Layer.mergeAll(HttpAppLive, Listening).pipe(
+export const MainLive = Layer.mergeAll(HttpAppLive, Listening, DrainLive({ exitProcess: true })).pipe(
   Layer.provide(HttpServerLive),
+  Layer.provide(BackgroundLive),
   Layer.provide(ServicesLive),
   Layer.provide(MigratedDatabaseLive),
   Layer.provide(KhalaConfig.layer),

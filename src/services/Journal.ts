@@ -8,7 +8,7 @@
  *   rolled-back transaction leaves no gap.
  * - Each entry is encoded once, at write time, into the wire `Update` (binary and proto3 JSON);
  *   readers splice the stored bytes into frames and never re-encode.
- * - `pg_notify('khala_journal', '<head_seq> <topic>')` is issued inside the transaction, so
+ * - `pg_notify('khala_journal', '<head_seq> <committed_at_ms> <topic>')` is issued inside the transaction, so
  *   listeners hear about an entry only after it committed (never on rollback).
  * Only the Projector appends (inside the command's transaction); TopicHub, Snapshot and the
  * retention job read.
@@ -123,7 +123,7 @@ export class Journal extends Context.Service<Journal, {
         yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(rows)}`
         if (options?.notify === false) return topicSeqs
         for (const [topic, head] of Object.entries(topicSeqs)) {
-          yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, ${`${head} ${topic}`})`
+          yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, ${`${head} ${committedAtMs} ${topic}`})`
         }
         return topicSeqs
       })

@@ -3,13 +3,15 @@
  * answers 503, the WebSocket endpoint refuses new connections, and open ones are sent
  * `Goodbye{server_draining}`.
  */
-import { Context, Deferred, Effect, Layer } from "effect"
+import { Context, Deferred, Effect, Layer, Ref } from "effect"
 
 export class Lifecycle extends Context.Service<Lifecycle, {
   readonly isDraining: Effect.Effect<boolean>
   /** Completes when a drain was requested. */
   readonly drainRequested: Deferred.Deferred<void>
   readonly requestDrain: Effect.Effect<void>
+  /** Open WebSocket connections on this node (for drain). */
+  readonly connections: Ref.Ref<number>
 }>()("khala/services/Lifecycle") {
   static readonly layer = Layer.effect(
     Lifecycle,
@@ -18,7 +20,8 @@ export class Lifecycle extends Context.Service<Lifecycle, {
       return Lifecycle.of({
         isDraining: Deferred.isDone(drainRequested),
         drainRequested,
-        requestDrain: Deferred.succeed(drainRequested, undefined).pipe(Effect.asVoid)
+        requestDrain: Deferred.succeed(drainRequested, undefined).pipe(Effect.asVoid),
+        connections: yield* Ref.make(0)
       })
     })
   )

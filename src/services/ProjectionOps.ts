@@ -16,10 +16,9 @@ import { encodeRunSummary, encodeWorkerSummary, sha256Hex } from "../domain/Docu
 import type { JsonObject } from "../domain/Json.ts"
 import { projectRunHistory, runDocKey, type RunEventRecord, type RunEventType } from "../domain/RunProjection.ts"
 import { projectWorkerHistory, workerDocKey, type WorkerEventRecord, type WorkerEventType } from "../domain/WorkerProjection.ts"
+import { JOURNAL_CHANNEL } from "./Journal.ts"
 import { projectionDriftTotal } from "./Metrics.ts"
 import { Projector } from "./Projector.ts"
-
-export const EPOCH_CHANNEL = "khala_epoch"
 
 export interface DriftedEntity {
   readonly entity_kind: "run" | "worker"
@@ -223,7 +222,7 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
           const runs = yield* scalar(sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.runs`)
           const workers = yield* scalar(sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.codex_workers`)
           // Every node re-reads its topics (and on an epoch change resets its subscribers).
-          yield* sql`SELECT pg_notify(${EPOCH_CHANNEL}, ${epoch})`
+          yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, ${`! ${epoch}`})`
           const end = yield* Clock.currentTimeMillis
           return {
             runs,

@@ -2,16 +2,19 @@
  * Operator plane: liveness/readiness, Prometheus metrics (no token; bind to a private network),
  * and the admin-token operations (projection drift check, drop-and-replay rebuild, drain).
  */
-import { Effect } from "effect"
+import { Effect, Ref } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { SqlClient } from "effect/sql"
 import { orInternal } from "../../services/CommandRunner.ts"
 import { Lifecycle } from "../../services/Lifecycle.ts"
 import { ProjectionOps } from "../../services/ProjectionOps.ts"
+import { Retention } from "../../services/Retention.ts"
+import { TopicHub } from "../../services/TopicHub.ts"
+
 import { KhalaConfig } from "../Config.ts"
 import { migrations } from "../Migrations.ts"
-import { handle, json, requireToken } from "./HttpSupport.ts"
+import { handle, json, queryParam, requireToken } from "./HttpSupport.ts"
 
 export const HealthRoutes = HttpRouter.use(Effect.fn(function*(router) {
   const sql = yield* SqlClient.SqlClient
@@ -38,6 +41,8 @@ export const AdminRoutes = HttpRouter.use(Effect.fn(function*(router) {
   const config = yield* KhalaConfig
   const ops = yield* ProjectionOps
   const lifecycle = yield* Lifecycle
+  const hub = yield* TopicHub
+  const retention = yield* Retention
   const admin = <E, R>(body: Parameters<typeof handle<E, R>>[0]) =>
     handle((req, requestId) => Effect.andThen(requireToken(req, config.adminToken, "admin"), body(req, requestId)))
 
@@ -45,6 +50,28 @@ export const AdminRoutes = HttpRouter.use(Effect.fn(function*(router) {
     Effect.map(orInternal(ops.drift), (report) => json(report))))
   yield* router.add("POST", "/internal/v1/khala/projections/rebuild", admin(() =>
     Effect.map(orInternal(ops.rebuild()), (report) => json(report))))
+  yield* router.add("GET", "/internal/v1/khala/fanout/metrics", admin((req) =>
+    Effect.gen(function*() {
+      const raw = Number(queryParam(req, "topic_limit") ?? "20")
+      const limit = Number.isInteger(raw) && raw >= 0 ? Math.min(raw, 1000) : 20
+      const topics = yield* hub.report(limit)
+      return json({
+        connections: yield* Ref.get(lifecycle.connections),
+        active_topics: yield* hub.activeTopics,
+        draining: yield* lifecycle.isDraining,
+        topics: topics.map((t) => ({
+          topic: t.topic,
+          subscribers: t.subscribers,
+          queue_depth: t.queueDepth,
+          head_seq: t.headSeq,
+          delivered_frames: t.deliveredFrames,
+          delivered_bytes: t.deliveredBytes,
+          slow_consumer_evictions: t.evictions
+        }))
+      })
+    })))
+  yield* router.add("POST", "/internal/v1/khala/compact", admin(() =>
+    Effect.map(orInternal(retention.compact), (report) => json(report))))
   yield* router.add("POST", "/internal/v1/khala/drain", admin(() =>
     Effect.as(lifecycle.requestDrain, json({ status: "draining" }, 202))))
 }))

@@ -1,0 +1,128 @@
+/**
+ * Outbound: one connection's bounded send queue (frames and bytes).
+ *
+ * Producers:
+ * - topic actors call `offer` — never blocks; `false` means the connection is over its hard bound
+ *   (2× the byte bound, or the frame bound) and must be evicted (`slow_consumer`). One slow
+ *   connection therefore never slows an actor or the other subscribers of its topic;
+ * - the connection's own replay calls `offerWait` — it waits while the queue (plus the socket's
+ *   buffered bytes) is above the byte bound, so a replay is paced by the client, not evicted.
+ * The writer fiber drains it with `takeAll`. Bytes counted are our queue plus the bytes the socket
+ * still buffers (`bufferedBytes()`), since `ws.send` itself never pushes back.
+ */
+import { Effect } from "effect"
+import { type EncodedFrame, encodedFrameBytes } from "../domain/Protocol.ts"
+
+export interface OutboundLimits {
+  readonly maxBytes: number
+  readonly maxFrames: number
+}
+
+export class Outbound {
+  private frames: Array<EncodedFrame> = []
+  private queuedBytes = 0
+  private closed = false
+  private takeWaiter: (() => void) | undefined
+  private spaceWaiters: Array<() => void> = []
+
+  readonly limits: OutboundLimits
+  /** Bytes already handed to the socket but not yet on the wire. */
+  readonly bufferedBytes: () => number
+
+  constructor(limits: OutboundLimits, bufferedBytes: () => number) {
+    this.limits = limits
+    this.bufferedBytes = bufferedBytes
+  }
+
+  get depth(): number {
+    return this.frames.length
+  }
+
+  /** Queue plus socket bytes. */
+  get pendingBytes(): number {
+    return this.queuedBytes + this.bufferedBytes()
+  }
+
+  get isOverSoftBound(): boolean {
+    return this.pendingBytes > this.limits.maxBytes
+  }
+
+  private push(frame: EncodedFrame, size: number) {
+    this.frames.push(frame)
+    this.queuedBytes += size
+    const w = this.takeWaiter
+    if (w) {
+      this.takeWaiter = undefined
+      w()
+    }
+  }
+
+  /** Live delivery: false ⇒ over the hard bound (caller evicts); never blocks. */
+  offer(frame: EncodedFrame): boolean {
+    if (this.closed) return false
+    const size = encodedFrameBytes(frame)
+    if (this.frames.length >= this.limits.maxFrames || this.pendingBytes + size > 2 * this.limits.maxBytes) return false
+    this.push(frame, size)
+    return true
+  }
+
+  /** Control frames (Goodbye, Error) bypass the bounds: they are few and must not be lost. */
+  force(frame: EncodedFrame): void {
+    if (!this.closed) this.push(frame, encodedFrameBytes(frame))
+  }
+
+  /** Replay delivery: waits until there is room under the byte bound. */
+  offerWait(frame: EncodedFrame): Effect.Effect<boolean> {
+    return Effect.suspend(() => {
+      if (this.closed) return Effect.succeed(false)
+      if (this.pendingBytes < this.limits.maxBytes / 2 && this.frames.length < this.limits.maxFrames / 2) {
+        this.push(frame, encodedFrameBytes(frame))
+        return Effect.succeed(true)
+      }
+      return Effect.callback<void>((resume) => {
+        const waiter = () => resume(Effect.void)
+        this.spaceWaiters.push(waiter)
+        return Effect.sync(() => {
+          this.spaceWaiters = this.spaceWaiters.filter((w) => w !== waiter)
+        })
+      }).pipe(Effect.andThen(this.offerWait(frame)))
+    })
+  }
+
+  /** Wakes replays waiting for room (called by the writer after the socket drained). */
+  notifySpace(): void {
+    if (this.spaceWaiters.length === 0) return
+    if (this.pendingBytes >= this.limits.maxBytes / 2) return
+    const waiters = this.spaceWaiters
+    this.spaceWaiters = []
+    for (const w of waiters) w()
+  }
+
+  /** Everything queued (at least one frame); `undefined` once closed and empty. */
+  takeAll: Effect.Effect<ReadonlyArray<EncodedFrame> | undefined> = Effect.suspend(() => {
+    if (this.frames.length > 0) {
+      const frames = this.frames
+      this.frames = []
+      this.queuedBytes = 0
+      return Effect.succeed(frames)
+    }
+    if (this.closed) return Effect.succeed(undefined)
+    return Effect.callback<void>((resume) => {
+      this.takeWaiter = () => resume(Effect.void)
+      return Effect.sync(() => {
+        this.takeWaiter = undefined
+      })
+    }).pipe(Effect.andThen(this.takeAll))
+  })
+
+  /** No more frames are accepted; queued ones still drain; waiters are released. */
+  close(): void {
+    this.closed = true
+    const w = this.takeWaiter
+    this.takeWaiter = undefined
+    w?.()
+    const waiters = this.spaceWaiters
+    this.spaceWaiters = []
+    for (const s of waiters) s()
+  }
+}

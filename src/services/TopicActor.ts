@@ -1,0 +1,288 @@
+/**
+ * TopicActor: the single owner of one topic's live state — its head, a ring buffer of recent
+ * entries, and its live subscribers — run as one fiber fed by a bounded mailbox.
+ *
+ * Invariants:
+ * - Entries are read from the journal once per topic (not per subscriber) and each frame is
+ *   encoded once per subprotocol in use; every subscriber gets the same bytes.
+ * - Per subscriber, seqs are delivered strictly increasing with no gap: a subscriber joins with
+ *   the last seq it was sent (by its own replay), the actor sends ring entries after it, then
+ *   `CaughtUp`, then live entries, filtering by the subscriber's `lastSent`.
+ * - Delivery never blocks: a subscriber whose connection is over its bound is dropped here and
+ *   evicts itself (`slow_consumer`).
+ * - Notifications coalesce into at most one pending `Notify` (the highest seq), so the mailbox
+ *   stays bounded no matter how fast commits arrive.
+ */
+import { create } from "@bufbuild/protobuf"
+import { Deferred, Effect, Metric, Queue } from "effect"
+import { CaughtUpSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
+import {
+  chunkUpdates,
+  type EncodedFrame,
+  encodedFrameBytes,
+  encodeServerFrame,
+  type Subprotocol
+} from "../domain/Protocol.ts"
+import type { SqlError } from "effect/sql/SqlError"
+import type { Journal, StoredEntry } from "./Journal.ts"
+import { deliveredBytes, deliveredFrames } from "./Metrics.ts"
+
+/** What a connection exposes to the actors of the topics it subscribes to. */
+export interface Subscriber {
+  readonly connectionId: string
+  readonly subprotocol: Subprotocol
+  /** Non-blocking; false ⇒ the connection is over its bound and evicts itself. */
+  readonly offer: (frame: EncodedFrame) => boolean
+  /** The topic's journal epoch changed under this subscription: it is over (stale_cursor). */
+  readonly onEpochChanged: (topic: string) => void
+}
+
+export type JoinResult =
+  | { readonly _tag: "Joined"; readonly caughtUpSeq: number }
+  /** The ring no longer covers the subscriber's position: replay more from the journal first. */
+  | { readonly _tag: "Behind"; readonly ringStartSeq: number }
+  | { readonly _tag: "EpochChanged" }
+
+export type ActorMessage =
+  | { readonly _tag: "Notify" }
+  | {
+    readonly _tag: "Join"
+    readonly subscriber: Subscriber
+    readonly epoch: string
+    readonly lastSeq: number
+    readonly minHeadSeq: number
+    readonly reply: Deferred.Deferred<JoinResult, SqlError>
+  }
+  | { readonly _tag: "Leave"; readonly subscriber: Subscriber }
+  | { readonly _tag: "Resync"; readonly epoch: string | undefined }
+
+export interface ActorSettings {
+  readonly ringCapacity: number
+  readonly maxFrameBytes: number
+  readonly maxItemsPerFrame: number
+  readonly readBatch: number
+}
+
+export interface TopicStats {
+  subscribers: number
+  deliveredFrames: number
+  deliveredBytes: number
+  evictions: number
+  headSeq: number
+}
+
+interface LiveSubscriber {
+  readonly subscriber: Subscriber
+  lastSent: number
+}
+
+/** Handle the hub keeps for a running actor. */
+export interface TopicActorHandle {
+  readonly topic: string
+  readonly mailbox: Queue.Queue<ActorMessage>
+  readonly stats: TopicStats
+  /** Highest notified seq not yet read; coalesces notifications. */
+  pendingNotifySeq: number
+  notifyQueued: boolean
+  /** Subscriptions holding this actor (joined or joining). */
+  refCount: number
+}
+
+/** Records a notification; enqueues at most one `Notify` at a time. */
+export const notifyActor = (handle: TopicActorHandle, seq: number) => {
+  if (seq > handle.pendingNotifySeq) handle.pendingNotifySeq = seq
+  if (!handle.notifyQueued) {
+    handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" })
+  }
+}
+
+export const runTopicActor = (options: {
+  readonly handle: TopicActorHandle
+  readonly journal: Journal["Service"]
+  readonly settings: ActorSettings
+  readonly idleTtlMs: number
+  /** Called (synchronously) when idle; returns true if the actor may stop (no subscriber raced in). */
+  readonly tryRetire: () => boolean
+}) =>
+  Effect.gen(function*() {
+    const { handle, journal, settings } = options
+    const topic = handle.topic
+    const live = new Map<Subscriber, LiveSubscriber>()
+    const ring: Array<StoredEntry> = []
+    let epoch = yield* journal.epoch
+    let head = (yield* journal.position(topic)).headSeq
+
+    const ringStart = () => (ring.length > 0 ? ring[0]!.seq : head + 1)
+
+    const pushRing = (entries: ReadonlyArray<StoredEntry>) => {
+      for (const e of entries) ring.push(e)
+      const excess = ring.length - settings.ringCapacity
+      if (excess > 0) ring.splice(0, excess)
+    }
+
+    const send = (ls: LiveSubscriber, frame: EncodedFrame) => {
+      if (ls.subscriber.offer(frame)) {
+        handle.stats.deliveredFrames++
+        handle.stats.deliveredBytes += encodedFrameBytes(frame)
+        return true
+      }
+      handle.stats.evictions++
+      live.delete(ls.subscriber)
+      handle.stats.subscribers = live.size
+      return false
+    }
+
+    const framesFor = (subprotocol: Subprotocol, entries: ReadonlyArray<StoredEntry>, replay: boolean) =>
+      chunkUpdates(subprotocol, { topic, epoch, replay }, entries, {
+        maxItems: settings.maxItemsPerFrame,
+        maxFrameBytes: settings.maxFrameBytes
+      })
+
+    /** Sends entries to every live subscriber: one encoding per subprotocol for the common case. */
+    const deliver = (entries: ReadonlyArray<StoredEntry>) =>
+      Effect.gen(function*() {
+        if (entries.length === 0 || live.size === 0) return
+        const first = entries[0]!.seq
+        const last = entries[entries.length - 1]!.seq
+        const shared = new Map<Subprotocol, Array<EncodedFrame>>()
+        let frames = 0
+        let bytes = 0
+        for (const ls of [...live.values()]) {
+          if (ls.lastSent >= last) continue
+          let out: Array<EncodedFrame>
+          if (ls.lastSent < first) {
+            out = shared.get(ls.subscriber.subprotocol) ?? framesFor(ls.subscriber.subprotocol, entries, false)
+            shared.set(ls.subscriber.subprotocol, out)
+          } else {
+            out = framesFor(ls.subscriber.subprotocol, entries.filter((e) => e.seq > ls.lastSent), false)
+          }
+          let ok = true
+          for (const f of out) {
+            if (!send(ls, f)) {
+              ok = false
+              break
+            }
+            frames++
+            bytes += encodedFrameBytes(f)
+          }
+          if (ok) ls.lastSent = last
+        }
+        if (frames > 0) {
+          yield* Metric.update(deliveredFrames, frames)
+          yield* Metric.update(deliveredBytes, bytes)
+        }
+      })
+
+    /** Reads the journal from `head` up to at least `target` (or until it is exhausted). */
+    const readUpTo = (target: number) =>
+      Effect.gen(function*() {
+        while (head < target) {
+          const rows = yield* journal.read(topic, head, settings.readBatch)
+          if (rows.length === 0) break
+          // A compacted gap (seq jumps past head + 1) cannot happen for entries newer than our
+          // head while subscribers hold positions; take what is there.
+          head = rows[rows.length - 1]!.seq
+          pushRing(rows)
+          yield* deliver(rows)
+        }
+        handle.stats.headSeq = head
+      })
+
+    const resetForEpoch = (newEpoch: string) =>
+      Effect.gen(function*() {
+        epoch = newEpoch
+        ring.length = 0
+        for (const ls of live.values()) ls.subscriber.onEpochChanged(topic)
+        live.clear()
+        handle.stats.subscribers = 0
+        head = (yield* journal.position(topic)).headSeq
+        handle.stats.headSeq = head
+      })
+
+    const onJoin = (m: Extract<ActorMessage, { _tag: "Join" }>) =>
+      Effect.gen(function*() {
+        if (m.epoch !== epoch) {
+          // Our epoch may be older than the subscriber's (a rebuild we have not heard of yet).
+          const current = yield* journal.epoch
+          if (current !== epoch) yield* resetForEpoch(current)
+          if (m.epoch !== epoch) return yield* Deferred.succeed(m.reply, { _tag: "EpochChanged" } as const)
+        }
+        if (head < m.minHeadSeq) yield* readUpTo(m.minHeadSeq)
+        if (m.lastSeq + 1 < ringStart()) {
+          return yield* Deferred.succeed(m.reply, { _tag: "Behind", ringStartSeq: ringStart() } as const)
+        }
+        const ls: LiveSubscriber = { subscriber: m.subscriber, lastSent: m.lastSeq }
+        const missing = ring.filter((e) => e.seq > m.lastSeq)
+        let ok = true
+        for (const f of framesFor(m.subscriber.subprotocol, missing, true)) {
+          if (!send(ls, f)) {
+            ok = false
+            break
+          }
+        }
+        const caughtUpSeq = Math.max(m.lastSeq, missing.length > 0 ? missing[missing.length - 1]!.seq : 0)
+        if (ok) {
+          ls.lastSent = caughtUpSeq
+          const caughtUp = encodeServerFrame(
+            m.subscriber.subprotocol,
+            create(ServerFrameSchema, {
+              frame: { case: "caughtUp", value: create(CaughtUpSchema, { topic, seq: BigInt(caughtUpSeq) }) }
+            })
+          )
+          if (send(ls, caughtUp)) live.set(m.subscriber, ls)
+        }
+        handle.stats.subscribers = live.size
+        yield* Deferred.succeed(m.reply, { _tag: "Joined", caughtUpSeq } as const)
+      })
+
+    const handleMessage = (m: ActorMessage) =>
+      Effect.gen(function*() {
+        switch (m._tag) {
+          case "Notify": {
+            handle.notifyQueued = false
+            yield* readUpTo(handle.pendingNotifySeq)
+            return
+          }
+          case "Join":
+            return yield* onJoin(m)
+          case "Leave":
+            live.delete(m.subscriber)
+            handle.stats.subscribers = live.size
+            return
+          case "Resync": {
+            const current = m.epoch ?? (yield* journal.epoch)
+            if (current !== epoch) yield* resetForEpoch(current)
+            else {
+              // Same epoch (e.g. a rebuild that kept seqs, or a listener reconnect): re-read.
+              ring.length = 0
+              const position = yield* journal.position(topic)
+              if (position.headSeq > head) yield* readUpTo(position.headSeq)
+              else head = position.headSeq
+            }
+            return
+          }
+        }
+      })
+
+    while (true) {
+      const next = handle.refCount > 0
+        ? yield* Effect.map(Queue.take(handle.mailbox), (m) => m as ActorMessage | undefined)
+        : yield* Effect.map(
+          Effect.timeoutOption(Queue.take(handle.mailbox), options.idleTtlMs),
+          (o) => (o._tag === "Some" ? o.value : undefined)
+        )
+      if (next === undefined) {
+        if (options.tryRetire()) return
+        continue
+      }
+      yield* handleMessage(next).pipe(
+        Effect.catchTag("SqlError", (e) =>
+          Effect.gen(function*() {
+            yield* Effect.logWarning(`topic ${topic}: journal read failed; will retry`, e)
+            if (next._tag === "Join") yield* Deferred.fail(next.reply, e).pipe(Effect.ignore)
+            yield* Effect.sleep("200 millis")
+            handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" }) || handle.notifyQueued
+          }))
+      )
+    }
+  }).pipe(Effect.annotateLogs({ topic: options.handle.topic }))

@@ -1,0 +1,144 @@
+/**
+ * TopicHub: the registry of topic actors on this node. An actor starts with its first
+ * subscription (`acquire`) and retires after `topicIdleTtlMs` without one. The JournalFeed routes
+ * `(topic, seq)` notifications here; topics without an actor on this node are ignored (nobody
+ * here is listening, and a later subscriber reads the journal).
+ */
+import { Context, Deferred, Effect, Layer, Metric, Queue } from "effect"
+import type { SqlError } from "effect/sql/SqlError"
+import { KhalaConfig } from "../layers/Config.ts"
+import { Journal } from "./Journal.ts"
+import { topicQueueDepth } from "./Metrics.ts"
+import {
+  type ActorMessage,
+  type JoinResult,
+  notifyActor,
+  runTopicActor,
+  type Subscriber,
+  type TopicActorHandle,
+  type TopicStats
+} from "./TopicActor.ts"
+
+/** One subscription's hold on a topic actor. */
+export interface TopicLease {
+  readonly topic: string
+  /** Hands the subscriber over to live delivery after its replay reached `lastSeq`. */
+  readonly join: (
+    subscriber: Subscriber,
+    epoch: string,
+    lastSeq: number,
+    minHeadSeq: number
+  ) => Effect.Effect<JoinResult, SqlError>
+  /** Ends the subscription (idempotent). */
+  readonly release: (subscriber: Subscriber) => Effect.Effect<void>
+}
+
+export interface TopicReport extends TopicStats {
+  readonly topic: string
+  readonly queueDepth: number
+}
+
+export class TopicHub extends Context.Service<TopicHub, {
+  readonly acquire: (topic: string) => Effect.Effect<TopicLease>
+  readonly notify: (topic: string, seq: number) => Effect.Effect<void>
+  /** After a listener reconnect or an epoch change: every actor re-reads its position. */
+  readonly resyncAll: (epoch: string | undefined) => Effect.Effect<void>
+  readonly report: (limit: number) => Effect.Effect<ReadonlyArray<TopicReport>>
+  readonly activeTopics: Effect.Effect<number>
+}>()("khala/services/TopicHub") {
+  static readonly layer = Layer.effect(
+    TopicHub,
+    Effect.gen(function*() {
+      const config = yield* KhalaConfig
+      const journal = yield* Journal
+      const scope = yield* Effect.scope
+      const actors = new Map<string, TopicActorHandle>()
+      const settings = {
+        ringCapacity: config.topicRingEntries,
+        maxFrameBytes: config.maxFrameBytes,
+        maxItemsPerFrame: 512,
+        readBatch: 1000
+      }
+
+      const start = (topic: string) =>
+        Effect.gen(function*() {
+          const handle: TopicActorHandle = {
+            topic,
+            mailbox: yield* Queue.bounded<ActorMessage>(4096),
+            stats: { subscribers: 0, deliveredFrames: 0, deliveredBytes: 0, evictions: 0, headSeq: 0 },
+            pendingNotifySeq: 0,
+            notifyQueued: false,
+            refCount: 0
+          }
+          // Registered before the actor reads its position: no notification can fall between.
+          actors.set(topic, handle)
+          yield* runTopicActor({
+            handle,
+            journal,
+            settings,
+            idleTtlMs: config.topicIdleTtlMs,
+            tryRetire: () => {
+              if (handle.refCount > 0 || actors.get(topic) !== handle) return false
+              actors.delete(topic)
+              return true
+            }
+          }).pipe(
+            Effect.onExit(() => Effect.sync(() => actors.get(topic) === handle && actors.delete(topic))),
+            Effect.forkIn(scope)
+          )
+          return handle
+        })
+
+      const acquire = (topic: string) =>
+        Effect.gen(function*() {
+          const handle = actors.get(topic) ?? (yield* start(topic))
+          handle.refCount++
+          let released = false
+          const lease: TopicLease = {
+            topic,
+            join: (subscriber, epoch, lastSeq, minHeadSeq) =>
+              Effect.gen(function*() {
+                const reply = yield* Deferred.make<JoinResult, SqlError>()
+                yield* Queue.offer(handle.mailbox, { _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
+                return yield* Deferred.await(reply)
+              }),
+            release: (subscriber) =>
+              Effect.suspend(() => {
+                if (released) return Effect.void
+                released = true
+                handle.refCount--
+                return Queue.offer(handle.mailbox, { _tag: "Leave", subscriber }).pipe(Effect.asVoid)
+              })
+          }
+          return lease
+        })
+
+      const notify = (topic: string, seq: number) =>
+        Effect.sync(() => {
+          const handle = actors.get(topic)
+          if (handle) notifyActor(handle, seq)
+        })
+
+      const resyncAll = (epoch: string | undefined) =>
+        Effect.sync(() => {
+          for (const handle of actors.values()) Queue.offerUnsafe(handle.mailbox, { _tag: "Resync", epoch })
+        })
+
+      const report = (limit: number) =>
+        Effect.gen(function*() {
+          const rows: Array<TopicReport> = [...actors.values()].map((h) => ({
+            topic: h.topic,
+            ...h.stats,
+            queueDepth: Queue.sizeUnsafe(h.mailbox)
+          }))
+          rows.sort((a, b) => b.subscribers - a.subscribers || b.deliveredFrames - a.deliveredFrames)
+          yield* Metric.update(topicQueueDepth, rows.reduce((n, r) => n + r.queueDepth, 0))
+          return rows.slice(0, Math.max(0, limit))
+        })
+
+      return TopicHub.of({ acquire, notify, resyncAll, report, activeTopics: Effect.sync(() => actors.size) })
+    })
+  )
+}
+
+
