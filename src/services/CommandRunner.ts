@@ -9,6 +9,7 @@ import { SqlClient } from "effect/sql"
 import { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
+import type { JournalEntryTooLarge } from "./Journal.ts"
 import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
 
 export interface CommandResult {
@@ -19,17 +20,26 @@ export interface CommandResult {
 export class CommandRunner extends Context.Service<CommandRunner, {
   readonly transact: <A extends CommandResult, R>(
     command: string,
-    body: Effect.Effect<A, ApiError | SqlError, R>
+    body: Effect.Effect<A, ApiError | SqlError | JournalEntryTooLarge, R>
   ) => Effect.Effect<A, ApiError, R>
 }>()("khala/services/CommandRunner") {
   static readonly layer = Layer.effect(
     CommandRunner,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const transact = <A extends CommandResult, R>(command: string, body: Effect.Effect<A, ApiError | SqlError, R>) =>
+      const transact = <A extends CommandResult, R>(
+        command: string,
+        body: Effect.Effect<A, ApiError | SqlError | JournalEntryTooLarge, R>
+      ) =>
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
           const result = yield* sql.withTransaction(body).pipe(
+            Effect.catchTag("JournalEntryTooLarge", (e) =>
+              Effect.fail(
+                apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
+                  limit_bytes: e.limit
+                })
+              )),
             Effect.catchIf(
               (e): e is SqlError => e instanceof SqlError,
               (e) =>

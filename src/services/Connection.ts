@@ -106,7 +106,8 @@ export const runConnection = (port: SocketPort) =>
     const encode = (frame: ServerFrame) => encodeServerFrame(subprotocol, frame)
     const outbound = new Outbound(
       { maxBytes: config.outboundQueueMaxBytes, maxFrames: config.outboundQueueMaxFrames },
-      port.bufferedBytes
+      port.bufferedBytes,
+      port.awaitDrain
     )
     /** Completed with the reason the connection must end (fatal error). */
     const fatal = yield* Deferred.make<ProtocolError>()
@@ -140,6 +141,9 @@ export const runConnection = (port: SocketPort) =>
             Effect.map((o) => o._tag === "Some")
           )
           if (!drained && outbound.isOverSoftBound) slowConsumer()
+        } else if (outbound.hasSpaceWaiters) {
+          // A replay waits for room: let the socket drain (the client paces the replay).
+          yield* port.awaitDrain
         }
         outbound.notifySpace()
       }
@@ -159,13 +163,13 @@ export const runConnection = (port: SocketPort) =>
       })
     )
 
-    const removeSubscription = (topic: string) =>
+    const removeSubscription = (topic: string, evicted = false) =>
       Effect.gen(function*() {
         const sub = subscriptions.get(topic)
         if (!sub) return false
         subscriptions.delete(topic)
         yield* FiberMap.remove(replays, topic)
-        yield* sub.lease.release(sub.subscriber)
+        yield* sub.lease.release(sub.subscriber, evicted)
         yield* Metric.modify(subscriptionsGauge, -1)
         return true
       })
@@ -491,7 +495,7 @@ export const runConnection = (port: SocketPort) =>
     )
 
     yield* Fiber.interrupt(drainWatch)
-    for (const topic of [...subscriptions.keys()]) yield* removeSubscription(topic)
+    for (const topic of [...subscriptions.keys()]) yield* removeSubscription(topic, reason?.code === "slow_consumer")
     if (reason !== undefined) {
       if (reason.code === "slow_consumer") yield* Metric.update(slowConsumerEvictions, 1)
       outbound.force(encode(goodbyeFrame(reason)))

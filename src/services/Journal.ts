@@ -14,14 +14,26 @@
  * retention job read.
  */
 import { create, toJson } from "@bufbuild/protobuf"
-import { Array as Arr, Context, Effect, Layer } from "effect"
+import { Array as Arr, Context, Effect, Layer, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import { encodedUpdate } from "../domain/Protocol.ts"
 import { documentJson } from "../domain/Documents.ts"
+import { utf8ByteLength } from "../domain/Protocol.ts"
+import { KhalaConfig } from "../layers/Config.ts"
 
 export const JOURNAL_CHANNEL = "khala_journal"
+
+/** Room an `Updates` frame needs around its items (topic ≤ 256 bytes, epoch, tags, JSON keys). */
+export const FRAME_OVERHEAD_BYTES = 1024
+
+/** An entry whose encoding would not fit in one frame of `max_frame_bytes` (→ HTTP 413). */
+export class JournalEntryTooLarge extends Schema.TaggedError<JournalEntryTooLarge>()("JournalEntryTooLarge", {
+  topic: Schema.String,
+  bytes: Schema.Number,
+  limit: Schema.Number
+}) {}
 export const SCHEMA_VERSION = 1
 
 /** An entry to append; the seq is allocated by `append`. */
@@ -57,7 +69,7 @@ export class Journal extends Context.Service<Journal, {
     drafts: ReadonlyArray<JournalDraft>,
     committedAtMs: number,
     options?: { readonly notify: boolean }
-  ) => Effect.Effect<TopicSeqs, SqlError>
+  ) => Effect.Effect<TopicSeqs, SqlError | JournalEntryTooLarge>
   /** Entries with seq > afterSeq, ascending, at most `limit`. */
   readonly read: (topic: string, afterSeq: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
   readonly position: (topic: string) => Effect.Effect<TopicPosition, SqlError>
@@ -67,6 +79,8 @@ export class Journal extends Context.Service<Journal, {
     Journal,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
+      const { maxFrameBytes } = yield* KhalaConfig
+      const maxEntryBytes = maxFrameBytes - FRAME_OVERHEAD_BYTES
 
       const append = Effect.fn("Journal.append")(function*(
         drafts: ReadonlyArray<JournalDraft>,
@@ -80,6 +94,7 @@ export class Journal extends Context.Service<Journal, {
           else byTopic.set(d.topic, [d])
         }
         const topicSeqs: TopicSeqs = {}
+        let tooLarge: { topic: string; bytes: number; limit: number } | undefined
         const rows: Array<Record<string, unknown>> = []
         // Topics in a fixed order (entity topic first, as drafted): every command locks the
         // sequence rows in the same relative order, so concurrent commands cannot deadlock.
@@ -104,6 +119,8 @@ export class Journal extends Context.Service<Journal, {
               body: d.body
             })
             const encoded = encodedUpdate(update)
+            const bytes = Math.max(encoded.pb.byteLength, utf8ByteLength(encoded.json))
+            if (bytes > maxEntryBytes) tooLarge = { topic, bytes, limit: maxEntryBytes }
             rows.push({
               topic,
               seq,
@@ -119,6 +136,7 @@ export class Journal extends Context.Service<Journal, {
             })
           })
         }
+        if (tooLarge) return yield* new JournalEntryTooLarge(tooLarge)
         if (!Arr.isArrayNonEmpty(rows)) return topicSeqs
         yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(rows)}`
         if (options?.notify === false) return topicSeqs

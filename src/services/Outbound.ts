@@ -28,10 +28,13 @@ export class Outbound {
   readonly limits: OutboundLimits
   /** Bytes already handed to the socket but not yet on the wire. */
   readonly bufferedBytes: () => number
+  /** Resolves when the socket's own buffer drained. */
+  readonly awaitSocketDrain: Effect.Effect<void>
 
-  constructor(limits: OutboundLimits, bufferedBytes: () => number) {
+  constructor(limits: OutboundLimits, bufferedBytes: () => number, awaitSocketDrain: Effect.Effect<void>) {
     this.limits = limits
     this.bufferedBytes = bufferedBytes
+    this.awaitSocketDrain = awaitSocketDrain
   }
 
   get depth(): number {
@@ -79,6 +82,9 @@ export class Outbound {
         this.push(frame, encodedFrameBytes(frame))
         return Effect.succeed(true)
       }
+      // Nothing queued: only the socket holds bytes, and the writer is idle — wait for the socket.
+      // Otherwise the writer wakes us after it wrote the queue and the socket drained.
+      if (this.frames.length === 0) return Effect.andThen(this.awaitSocketDrain, this.offerWait(frame))
       return Effect.callback<void>((resume) => {
         const waiter = () => resume(Effect.void)
         this.spaceWaiters.push(waiter)
@@ -87,6 +93,10 @@ export class Outbound {
         })
       }).pipe(Effect.andThen(this.offerWait(frame)))
     })
+  }
+
+  get hasSpaceWaiters(): boolean {
+    return this.spaceWaiters.length > 0
   }
 
   /** Wakes replays waiting for room (called by the writer after the socket drained). */

@@ -16,7 +16,7 @@ import { encodeRunSummary, encodeWorkerSummary, sha256Hex } from "../domain/Docu
 import type { JsonObject } from "../domain/Json.ts"
 import { projectRunHistory, runDocKey, type RunEventRecord, type RunEventType } from "../domain/RunProjection.ts"
 import { projectWorkerHistory, workerDocKey, type WorkerEventRecord, type WorkerEventType } from "../domain/WorkerProjection.ts"
-import { JOURNAL_CHANNEL } from "./Journal.ts"
+import { JOURNAL_CHANNEL, type JournalEntryTooLarge } from "./Journal.ts"
 import { projectionDriftTotal } from "./Metrics.ts"
 import { Projector } from "./Projector.ts"
 
@@ -61,7 +61,10 @@ const scalar = <E, R>(query: Effect.Effect<ReadonlyArray<{ n: bigint }>, E, R>) 
 
 export class ProjectionOps extends Context.Service<ProjectionOps, {
   readonly drift: Effect.Effect<DriftReport, SqlError>
-  readonly rebuild: (onProgress?: (done: number, total: number) => void) => Effect.Effect<RebuildReport, SqlError>
+  /** Fails with JournalEntryTooLarge if max_frame_bytes was lowered below an existing entry. */
+  readonly rebuild: (
+    onProgress?: (done: number, total: number) => void
+  ) => Effect.Effect<RebuildReport, SqlError | JournalEntryTooLarge>
 }>()("khala/services/ProjectionOps") {
   static readonly layer = Layer.effect(
     ProjectionOps,

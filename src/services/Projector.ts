@@ -35,7 +35,7 @@ import {
   workerEventDocKey,
   type WorkerEventRecord
 } from "../domain/WorkerProjection.ts"
-import { Journal, type JournalDraft, type TopicSeqs } from "./Journal.ts"
+import { Journal, type JournalDraft, type JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 
 export interface Projected<Doc> {
   readonly doc: Doc
@@ -56,12 +56,12 @@ export class Projector extends Context.Service<Projector, {
     event: RunEventRecord,
     committedAtMs: number,
     options?: ApplyOptions
-  ) => Effect.Effect<Projected<RunSummary>, SqlError>
+  ) => Effect.Effect<Projected<RunSummary>, SqlError | JournalEntryTooLarge>
   readonly applyWorker: (
     event: WorkerEventRecord,
     committedAtMs: number,
     options?: ApplyOptions
-  ) => Effect.Effect<Projected<CodexWorkerSummary>, SqlError>
+  ) => Effect.Effect<Projected<CodexWorkerSummary>, SqlError | JournalEntryTooLarge>
 }>()("khala/services/Projector") {
   static readonly layer = Layer.effect(
     Projector,

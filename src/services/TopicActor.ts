@@ -53,7 +53,7 @@ export type ActorMessage =
     readonly minHeadSeq: number
     readonly reply: Deferred.Deferred<JoinResult, SqlError>
   }
-  | { readonly _tag: "Leave"; readonly subscriber: Subscriber }
+  | { readonly _tag: "Leave"; readonly subscriber: Subscriber; readonly evicted: boolean }
   | { readonly _tag: "Resync"; readonly epoch: string | undefined }
 
 export interface ActorSettings {
@@ -246,6 +246,7 @@ export const runTopicActor = (options: {
           case "Join":
             return yield* onJoin(m)
           case "Leave":
+            if (m.evicted && live.has(m.subscriber)) handle.stats.evictions++
             live.delete(m.subscriber)
             handle.stats.subscribers = live.size
             return

@@ -29,8 +29,8 @@ export interface TopicLease {
     lastSeq: number,
     minHeadSeq: number
   ) => Effect.Effect<JoinResult, SqlError>
-  /** Ends the subscription (idempotent). */
-  readonly release: (subscriber: Subscriber) => Effect.Effect<void>
+  /** Ends the subscription (idempotent); `evicted` counts a slow-consumer eviction. */
+  readonly release: (subscriber: Subscriber, evicted?: boolean) => Effect.Effect<void>
 }
 
 export interface TopicReport extends TopicStats {
@@ -102,12 +102,12 @@ export class TopicHub extends Context.Service<TopicHub, {
                 yield* Queue.offer(handle.mailbox, { _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
                 return yield* Deferred.await(reply)
               }),
-            release: (subscriber) =>
+            release: (subscriber, evicted = false) =>
               Effect.suspend(() => {
                 if (released) return Effect.void
                 released = true
                 handle.refCount--
-                return Queue.offer(handle.mailbox, { _tag: "Leave", subscriber }).pipe(Effect.asVoid)
+                return Queue.offer(handle.mailbox, { _tag: "Leave", subscriber, evicted }).pipe(Effect.asVoid)
               })
           }
           return lease

@@ -6,6 +6,7 @@ import { Effect, Ref } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { SqlClient } from "effect/sql"
+import { apiError } from "../../domain/ApiError.ts"
 import { orInternal } from "../../services/CommandRunner.ts"
 import { Lifecycle } from "../../services/Lifecycle.ts"
 import { ProjectionOps } from "../../services/ProjectionOps.ts"
@@ -49,7 +50,11 @@ export const AdminRoutes = HttpRouter.use(Effect.fn(function*(router) {
   yield* router.add("POST", "/internal/v1/khala/projections/drift", admin(() =>
     Effect.map(orInternal(ops.drift), (report) => json(report))))
   yield* router.add("POST", "/internal/v1/khala/projections/rebuild", admin(() =>
-    Effect.map(orInternal(ops.rebuild()), (report) => json(report))))
+    orInternal(ops.rebuild()).pipe(
+      Effect.map((report) => json(report)),
+      Effect.catchTag("JournalEntryTooLarge", (e) =>
+        Effect.fail(apiError("internal", `an entry of ${e.topic} no longer fits max_frame_bytes (${e.bytes} > ${e.limit})`)))
+    )))
   yield* router.add("GET", "/internal/v1/khala/fanout/metrics", admin((req) =>
     Effect.gen(function*() {
       const raw = Number(queryParam(req, "topic_limit") ?? "20")

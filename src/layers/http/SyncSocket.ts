@@ -23,9 +23,12 @@ export const webSocketServerOptions = (maxFrameBytes: number) => ({
   perMessageDeflate: false
 })
 
+const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000
+
 const awaitDrain = (sock: NetSocket) =>
   Effect.callback<void>((resume) => {
-    if (sock.writableLength === 0 || sock.destroyed) return resume(Effect.void)
+    // 'drain' is only emitted after a write returned false (writableNeedDrain).
+    if (!sock.writableNeedDrain || sock.destroyed) return resume(Effect.void)
     const done = () => resume(Effect.void)
     sock.once("drain", done)
     sock.once("close", done)
@@ -65,7 +68,16 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
         }),
       bufferedBytes: () => nodeSocket.writableLength,
       awaitDrain: awaitDrain(nodeSocket),
-      close: (code, reason) => writer.write(new Socket.CloseEvent(code, reason)).pipe(Effect.ignore),
+      close: (code, reason) =>
+        writer.write(new Socket.CloseEvent(code, reason)).pipe(
+          Effect.ignore,
+          // A peer that never answers the close handshake is dropped (ws would wait 30 s).
+          Effect.andThen(Effect.sync(() => {
+            const timer = setTimeout(() => nodeSocket.destroy(), CLOSE_HANDSHAKE_TIMEOUT_MS)
+            timer.unref()
+            nodeSocket.once("close", () => clearTimeout(timer))
+          }))
+        ),
       destroy: () => nodeSocket.destroy()
     }
     yield* runConnection(port)
