@@ -283,12 +283,13 @@ export const runConnection = (port: SocketPort) =>
             )
             continue
           }
-          if (cursor.afterSeq > BigInt(Number.MAX_SAFE_INTEGER)) {
-            yield* fail(protocolError("bad_request", "after_seq out of range", { requestId, topic }))
+          const position = yield* journal.position(topic)
+          // Compare as uint64 first: any after_seq beyond 2^53 is ahead of every head.
+          if (cursor.afterSeq > BigInt(position.headSeq)) {
+            yield* fail(staleError(topic, position, "after_seq is ahead of the topic head", requestId))
             continue
           }
           const afterSeq = Number(cursor.afterSeq)
-          const position = yield* journal.position(topic)
           const check = checkCursor(afterSeq, cursor.epoch, position)
           if (check._tag === "Stale") {
             yield* fail(staleError(topic, position, check.reason, requestId))
