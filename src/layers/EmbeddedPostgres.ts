@@ -106,6 +106,17 @@ const runToEnd = (runner: Runner, bin: string, args: string[]) =>
 
 // A postgres left running by an earlier process that died without stopping it (e.g. one started
 // without the watchdog below) keeps postmaster.pid locked: stop it if it is really ours.
+const parentPid = (pid: number): number | undefined => {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // state ppid …
+    const ppid = Number(fields[1]);
+    return Number.isInteger(ppid) ? ppid : undefined;
+  } catch {
+    return undefined;
+  }
+};
+
 const stopStalePostmaster = async (dataDir: string) => {
   let pid: number;
   try { pid = Number(fs.readFileSync(path.join(dataDir, "postmaster.pid"), "utf8").split("\n")[0]); } catch { return; }
@@ -114,6 +125,12 @@ const stopStalePostmaster = async (dataDir: string) => {
     const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
     if (!cmd.includes("postgres") || !cmd.includes(dataDir)) return; // pid reused by something else
   } catch { return; } // not running: postgres itself removes a stale lock file
+  // A postgres whose watchdog (its parent) is alive belongs to a running Khala: never stop it.
+  // Only an orphan (re-parented to init after its owner died) is stale.
+  const ppid = parentPid(pid);
+  if (ppid !== undefined && ppid !== 1) {
+    throw new Error(`${dataDir} is in use by a running postgres (pid ${pid}, owner pid ${ppid}); is another khala running on this data dir?`);
+  }
   process.kill(pid, "SIGINT"); // fast shutdown
   for (let i = 0; i < 150; i++) {
     try { process.kill(pid, 0); } catch { return; }

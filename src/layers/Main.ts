@@ -2,8 +2,7 @@
  * The daemon: config → database (embedded or DATABASE_URL) → migrations → services → HTTP/WS
  * server, with telemetry provided to the server so request spans are traced.
  */
-import { Effect, Layer } from "effect"
-import { HttpServer } from "effect/http"
+import { Layer } from "effect"
 import { BackgroundLive, HttpAppLive, HttpServerLive, ServicesLive } from "./App.ts"
 import { DrainLive } from "./Drain.ts"
 import { KhalaConfig } from "./Config.ts"
@@ -14,9 +13,7 @@ import { LoggingLive, TracingLive } from "./Telemetry.ts"
 /** The database with migrations applied before anything else uses it. */
 export const MigratedDatabaseLive = MigrationsLive.pipe(Layer.provideMerge(DatabaseLive))
 
-const Listening = Layer.effectDiscard(HttpServer.addressFormattedWith((where) => Effect.logInfo(`khala listening on ${where}`)))
-
-export const MainLive = Layer.mergeAll(HttpAppLive, Listening, DrainLive({ exitProcess: true })).pipe(
+export const MainLive = Layer.mergeAll(HttpAppLive, DrainLive({ exitProcess: true })).pipe(
   Layer.provide(HttpServerLive),
   Layer.provide(BackgroundLive),
   Layer.provide(ServicesLive),
