@@ -11,7 +11,7 @@
  * TestClock. Never touches SQL itself: Journal, TopicAccess and TopicHub do.
  */
 import { create } from "@bufbuild/protobuf"
-import { Clock, Deferred, Duration, Effect, Fiber, FiberMap, Metric, Ref, Result } from "effect"
+import { Clock, Deferred, Duration, Effect, Fiber, FiberHandle, FiberMap, Metric, Ref, Result } from "effect"
 import { randomUUID } from "node:crypto"
 import {
   type ClientFrame,
@@ -154,6 +154,8 @@ export const runConnection = (port: SocketPort) =>
     const expiresAt = yield* Ref.make(0)
     const subscriptions = new Map<string, Subscription>()
     const replays = yield* FiberMap.make<string>()
+    /** The token-expiry timer; restarted by every refresh (the deadline may move either way). */
+    const expiryTimer = yield* FiberHandle.make<void>()
     // Runs however the connection ends (an abrupt TCP close interrupts this fiber): release every
     // topic lease so actors stop delivering here and can retire.
     yield* Effect.addFinalizer(() =>
@@ -350,6 +352,7 @@ export const runConnection = (port: SocketPort) =>
         }
         principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
         yield* Ref.set(expiresAt, t.expiresAtMs)
+        yield* FiberHandle.run(expiryTimer, expiry)
         yield* sendControl(frameOf({
           case: "tokenRefreshed",
           value: create(TokenRefreshedSchema, { tokenExpiresAtMs: BigInt(t.expiresAtMs) })
@@ -432,7 +435,7 @@ export const runConnection = (port: SocketPort) =>
         const now = yield* Clock.currentTimeMillis
         const deadline = (yield* Ref.get(expiresAt)) + config.clockSkewMs
         if (now >= deadline) return yield* end(protocolError("token_expired", "the token expired; reconnect with a new one"))
-        yield* Effect.sleep(Duration.millis(Math.min(deadline - now, 60_000)))
+        yield* Effect.sleep(Duration.millis(deadline - now))
       }
     })
 
@@ -476,7 +479,7 @@ export const runConnection = (port: SocketPort) =>
         })
       }))
       yield* Effect.forkChild(heartbeat)
-      yield* Effect.forkChild(expiry)
+      yield* FiberHandle.run(expiryTimer, expiry)
       yield* readLoop(hello.rest)
     })
 
