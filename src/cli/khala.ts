@@ -4,8 +4,9 @@
  * Owns the command table, the top-level help, and the mapping of outcomes to exit codes:
  * 0 ok, 1 error (one line on stderr), 2 drift found, 64 usage error (usage on stderr).
  * Each subcommand lives in `LocalCommands.ts` (in-process: serve, migrate, token) or
- * `AdminCommands.ts` (HTTP to a running daemon: drift, reproject, drain).
- * To add a command (e.g. `tail`), implement a `Command` and add it to `commands` below.
+ * `AdminCommands.ts` (HTTP to a running daemon: drift, reproject, drain) or `TailCommand.ts` (a
+ * topic's updates over WebSocket through the client SDK). To add a command, implement a `Command`
+ * and add it to `commands` below.
  */
 import { readFileSync } from "node:fs"
 import { drainCommand, driftCommand, reprojectCommand } from "./AdminCommands.ts"
@@ -21,15 +22,17 @@ import {
   UsageError
 } from "./Command.ts"
 import { migrateCommand, serveCommand, tokenCommand } from "./LocalCommands.ts"
+import { tailCommand } from "./TailCommand.ts"
 
-/** The command table, in the order `khala --help` lists it. `tail` goes here when it exists. */
+/** The command table, in the order `khala --help` lists it. */
 export const commands: ReadonlyArray<Command> = [
   serveCommand,
   migrateCommand,
   tokenCommand,
   driftCommand,
   reprojectCommand,
-  drainCommand
+  drainCommand,
+  tailCommand
 ]
 
 const findCommand = (name: string) => commands.find((c) => c.name === name)
@@ -57,7 +60,8 @@ Commands:
 ${rows.join("\n")}
 
 serve, migrate and token read the daemon's environment (DATABASE_URL, KHALA_DATA_DIR, KHALA_*);
-drift, reproject and drain talk to a running daemon over HTTP with the admin token.
+drift, reproject and drain talk to a running daemon over HTTP with the admin token;
+tail follows a topic over WebSocket with a sync token (minted locally unless --token).
 
 Options:
   -h, --help     show this help

@@ -12,7 +12,8 @@
 import { Context, Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
-import type { JsonObject } from "../domain/Json.ts"
+import { isJsonObject, type JsonObject } from "../domain/Json.ts"
+import { parseJson } from "../domain/SafeJson.ts"
 import type { RunEventRecord, RunEventType } from "../domain/RunProjection.ts"
 import type { WorkerEventRecord, WorkerEventType } from "../domain/WorkerProjection.ts"
 
@@ -41,7 +42,14 @@ export interface NewEvent<T> {
   readonly requestId: string | undefined
 }
 
-type EventRow = { seq: bigint; type: string; payload: JsonObject; occurred_at: Date }
+/** Payloads are read as text and parsed with `parsePayload` (see domain/SafeJson.ts for why). */
+type EventRow = { seq: bigint; type: string; payload: string; occurred_at: Date }
+
+/** A stored payload (always a JSON object: commands only store objects). */
+export const parsePayload = (text: string): JsonObject => {
+  const value = parseJson(text)
+  return isJsonObject(value) ? value : {}
+}
 
 const toRunRow = (r: { run_id: string; owner_user_id: string; status: string; last_seq: bigint }): RunRow => ({
   runId: r.run_id,
@@ -126,7 +134,7 @@ export class EventStore extends Context.Service<EventStore, {
         ownerUserId,
         seq: Number(r.seq),
         type: r.type as RunEventType,
-        payload: r.payload,
+        payload: parsePayload(r.payload),
         occurredAtMs: r.occurred_at.getTime()
       })
       const toWorkerRecord = (workerId: string, ownerUserId: string) => (r: EventRow): WorkerEventRecord => ({
@@ -134,7 +142,7 @@ export class EventStore extends Context.Service<EventStore, {
         ownerUserId,
         seq: Number(r.seq),
         type: r.type as WorkerEventType,
-        payload: r.payload,
+        payload: parsePayload(r.payload),
         occurredAtMs: r.occurred_at.getTime()
       })
 
@@ -153,14 +161,14 @@ export class EventStore extends Context.Service<EventStore, {
             INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
             VALUES (${e.entityId}, ${e.seq}, ${ordinal}, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
                     ${new Date(e.occurredAtMs)}, ${e.requestId ?? null})
-            RETURNING seq, type, payload, occurred_at`
+            RETURNING seq, type, payload::text AS payload, occurred_at`
           return toRunRecord(e.entityId, e.ownerUserId)(row!)
         }),
         setRunState: (runId, status, lastSeq) =>
           sql`UPDATE runtime.runs SET status = ${status}, last_seq = ${lastSeq} WHERE run_id = ${runId}`.pipe(Effect.asVoid),
         runHistory: (runId) =>
           sql<EventRow & { owner_user_id: string }>`
-            SELECT e.seq, e.type, e.payload, e.occurred_at, r.owner_user_id
+            SELECT e.seq, e.type, e.payload::text AS payload, e.occurred_at, r.owner_user_id
             FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
             WHERE e.run_id = ${runId} ORDER BY e.seq`.pipe(
             Effect.map((rows) => rows.map((r) => toRunRecord(runId, r.owner_user_id)(r)))
@@ -190,7 +198,7 @@ export class EventStore extends Context.Service<EventStore, {
             INSERT INTO runtime.codex_worker_events (worker_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
             VALUES (${e.entityId}, ${e.seq}, ${ordinal}, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
                     ${new Date(e.occurredAtMs)}, ${e.requestId ?? null})
-            RETURNING seq, type, payload, occurred_at`
+            RETURNING seq, type, payload::text AS payload, occurred_at`
           return toWorkerRecord(e.entityId, e.ownerUserId)(row!)
         }),
         setWorkerState: (workerId, status, lastSeq, heartbeatAtMs) =>
@@ -201,7 +209,7 @@ export class EventStore extends Context.Service<EventStore, {
                   WHERE worker_id = ${workerId}`).pipe(Effect.asVoid),
         workerHistory: (workerId) =>
           sql<EventRow & { owner_user_id: string }>`
-            SELECT e.seq, e.type, e.payload, e.occurred_at, w.owner_user_id
+            SELECT e.seq, e.type, e.payload::text AS payload, e.occurred_at, w.owner_user_id
             FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)
             WHERE e.worker_id = ${workerId} ORDER BY e.seq`.pipe(
             Effect.map((rows) => rows.map((r) => toWorkerRecord(workerId, r.owner_user_id)(r)))

@@ -13,11 +13,11 @@ import { Clock, Context, Effect, Layer, Metric } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { encodeRunSummary, encodeWorkerSummary, sha256Hex } from "../domain/Documents.ts"
-import type { JsonObject } from "../domain/Json.ts"
 import { projectRunHistory, runDocKey, type RunEventRecord, type RunEventType } from "../domain/RunProjection.ts"
 import { projectWorkerHistory, workerDocKey, type WorkerEventRecord, type WorkerEventType } from "../domain/WorkerProjection.ts"
 import { JOURNAL_CHANNEL, type JournalEntryTooLarge } from "./Journal.ts"
 import { projectionDriftTotal } from "./Metrics.ts"
+import { parsePayload } from "./EventStore.ts"
 import { Projector } from "./Projector.ts"
 
 export interface DriftedEntity {
@@ -25,6 +25,8 @@ export interface DriftedEntity {
   readonly entity_id: string
   readonly expected_hash: string
   readonly read_model_hash: string | null
+  /** sha256 of the stored document bytes (differs from read_model_hash if the bytes were altered) */
+  readonly stored_bytes_hash: string | null
   readonly checkpoint_hash: string | null
   readonly checkpoint_seq: number | null
   readonly last_seq: number
@@ -50,7 +52,8 @@ type EventRow = {
   owner_user_id: string
   seq: bigint
   type: string
-  payload: JsonObject
+  /** jsonb as text, parsed with `parsePayload` */
+  payload: string
   occurred_at: Date
 }
 
@@ -77,7 +80,7 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
         ownerUserId: r.owner_user_id,
         seq: Number(r.seq),
         type: r.type as RunEventType,
-        payload: r.payload,
+        payload: parsePayload(r.payload),
         occurredAtMs: r.occurred_at.getTime()
       })
       const workerRecord = (r: EventRow): WorkerEventRecord => ({
@@ -85,7 +88,7 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
         ownerUserId: r.owner_user_id,
         seq: Number(r.seq),
         type: r.type as WorkerEventType,
-        payload: r.payload,
+        payload: parsePayload(r.payload),
         occurredAtMs: r.occurred_at.getTime()
       })
 
@@ -111,19 +114,21 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
             const batch = ids.slice(i, i + BATCH)
             const events = kind === "run"
               ? yield* sql<EventRow>`
-                SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload, e.occurred_at
+                SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at
                 FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
                 WHERE e.run_id IN ${sql.in(batch)} ORDER BY e.run_id, e.seq`
               : yield* sql<EventRow>`
-                SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload, e.occurred_at
+                SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at
                 FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)
                 WHERE e.worker_id IN ${sql.in(batch)} ORDER BY e.worker_id, e.seq`
             const docKeys = batch.map(kind === "run" ? runDocKey : workerDocKey)
             const models = new Map(
-              (yield* sql<{ entity_id: string; doc_hash: string }>`
-                SELECT entity_id, doc_hash FROM runtime.read_models WHERE doc_key IN ${sql.in(docKeys)}`).map((
+              // The hash of the stored bytes, not only the recorded doc_hash: both must match.
+              (yield* sql<{ entity_id: string; doc_hash: string; bytes_hash: string }>`
+                SELECT entity_id, doc_hash, encode(sha256(document), 'hex') AS bytes_hash
+                FROM runtime.read_models WHERE doc_key IN ${sql.in(docKeys)}`).map((
                   r
-                ) => [r.entity_id, r.doc_hash])
+                ) => [r.entity_id, r])
             )
             const checkpoints = new Map(
               (yield* sql<{ entity_id: string; doc_hash: string; last_seq: bigint }>`
@@ -138,15 +143,19 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
                 ? sha256Hex(encodeRunSummary(projectRunHistory(history as Array<RunEventRecord>)!))
                 : sha256Hex(encodeWorkerSummary(projectWorkerHistory(history as Array<WorkerEventRecord>)!))
               const lastSeq = history[history.length - 1]!.seq
-              const model = models.get(id) ?? null
+              const model = models.get(id)
               const checkpoint = checkpoints.get(id)
               const checkpointSeq = checkpoint ? Number(checkpoint.last_seq) : null
-              if (model !== expected || checkpoint?.doc_hash !== expected || checkpointSeq !== lastSeq) {
+              if (
+                model?.doc_hash !== expected || model.bytes_hash !== expected || checkpoint?.doc_hash !== expected ||
+                checkpointSeq !== lastSeq
+              ) {
                 drifted.push({
                   entity_kind: kind,
                   entity_id: id,
                   expected_hash: expected,
-                  read_model_hash: model,
+                  read_model_hash: model?.doc_hash ?? null,
+                  stored_bytes_hash: model?.bytes_hash ?? null,
                   checkpoint_hash: checkpoint?.doc_hash ?? null,
                   checkpoint_seq: checkpointSeq,
                   last_seq: lastSeq
@@ -186,12 +195,12 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
             while (true) {
               const rows = owner.stream === "runs"
                 ? yield* sql<EventRow & { owner_ordinal: bigint }>`
-                  SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload, e.occurred_at, e.owner_ordinal
+                  SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at, e.owner_ordinal
                   FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
                   WHERE r.owner_user_id = ${owner.owner_user_id} AND e.owner_ordinal > ${after}
                   ORDER BY e.owner_ordinal LIMIT 1000`
                 : yield* sql<EventRow & { owner_ordinal: bigint }>`
-                  SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload, e.occurred_at, e.owner_ordinal
+                  SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at, e.owner_ordinal
                   FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)
                   WHERE w.owner_user_id = ${owner.owner_user_id} AND e.owner_ordinal > ${after}
                   ORDER BY e.owner_ordinal LIMIT 1000`

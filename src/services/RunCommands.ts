@@ -10,6 +10,7 @@ import { ApiError, apiError } from "../domain/ApiError.ts"
 import { runSummaryJson } from "../domain/Documents.ts"
 import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
+import { isStorableJson, isStorableString } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore } from "./EventStore.ts"
@@ -17,7 +18,11 @@ import { Idempotency, requestHash } from "./Idempotency.ts"
 import { Projector } from "./Projector.ts"
 import { ReadModels } from "./ReadModels.ts"
 
-export const IdempotencyKey = Schema.String.check(Schema.isMinLength(1), Schema.isMaxLength(256))
+export const IdempotencyKey = Schema.String.check(
+  Schema.isMinLength(1),
+  Schema.isMaxLength(256),
+  Schema.makeFilter((s: string) => isStorableString(s) || "must not contain NUL characters or lone surrogates")
+)
 export const Payload = Schema.Record(Schema.String, Schema.Unknown)
 
 export const RunEventBody = Schema.Struct({
@@ -36,9 +41,11 @@ export const checkId = (what: string, id: string) =>
 export const checkPayload = (payload: unknown): Effect.Effect<JsonObject, ApiError> =>
   payload === undefined
     ? Effect.succeed({})
-    : isJsonObject(payload)
-    ? Effect.succeed(payload)
-    : Effect.fail(apiError("invalid_request", "payload must be a JSON object"))
+    : !isJsonObject(payload)
+    ? Effect.fail(apiError("invalid_request", "payload must be a JSON object"))
+    : !isStorableJson(payload)
+    ? Effect.fail(apiError("invalid_request", "payload strings and keys must not contain NUL characters or lone surrogates"))
+    : Effect.succeed(payload)
 
 export class RunCommands extends Context.Service<RunCommands, {
   readonly appendEvent: (runId: string, body: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>

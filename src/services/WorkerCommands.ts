@@ -17,6 +17,7 @@ import { ApiError, apiError } from "../domain/ApiError.ts"
 import { workerSummaryJson } from "../domain/Documents.ts"
 import { heartbeatView } from "../domain/Heartbeat.ts"
 import type { JsonObject } from "../domain/Json.ts"
+import { isStorableString } from "../domain/SafeJson.ts"
 import {
   isTerminalWorkerStatus,
   isWorkerTaxonomyType,
@@ -51,7 +52,9 @@ export const HeartbeatBody = Schema.Struct({
   occurred_at: Schema.optionalKey(Schema.String)
 })
 export const StopBody = Schema.Struct({
-  reason: Schema.optionalKey(Schema.String),
+  reason: Schema.optionalKey(Schema.String.check(
+    Schema.makeFilter((s: string) => isStorableString(s) || "must not contain NUL characters or lone surrogates")
+  )),
   idempotency_key: Schema.optionalKey(IdempotencyKey)
 })
 export const ResumeBody = Schema.Struct({

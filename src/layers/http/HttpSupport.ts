@@ -8,6 +8,7 @@ import { HttpServerRequest, HttpServerResponse } from "effect/http"
 import { HttpServerError } from "effect/http/HttpServerError"
 import * as crypto from "node:crypto"
 import { ApiError, apiError } from "../../domain/ApiError.ts"
+import { parseJson } from "../../domain/SafeJson.ts"
 import type { CommandResult } from "../../services/CommandRunner.ts"
 
 export const REQUEST_ID_HEADER = "x-request-id"
@@ -48,7 +49,7 @@ export const readJsonBody = (req: HttpServerRequest.HttpServerRequest): Effect.E
     Effect.flatMap((text) => {
       if (text.trim() === "") return Effect.succeed(undefined)
       return Effect.try({
-        try: () => JSON.parse(text) as unknown,
+        try: () => parseJson(text) as unknown,
         catch: () => apiError("invalid_request", "request body is not valid JSON")
       })
     })
