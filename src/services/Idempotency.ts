@@ -30,13 +30,20 @@ export class Idempotency extends Context.Service<Idempotency, {
   /** The stored response for this key, or `undefined`; fails on a reused key. */
   readonly lookup: (scope: IdempotencyScope) => Effect.Effect<JsonObject | undefined, SqlError | ApiError>
   readonly store: (scope: IdempotencyScope, status: number, response: JsonObject) => Effect.Effect<void, SqlError>
+  /**
+   * Runs a command body under an idempotency key (call it with the entity row locked): a stored
+   * response is returned with status 200 instead of running it; otherwise its result is stored.
+   */
+  readonly guard: <E, R>(
+    scope: IdempotencyScope | undefined,
+    body: Effect.Effect<{ readonly status: number; readonly body: JsonObject }, E, R>
+  ) => Effect.Effect<{ readonly status: number; readonly body: JsonObject }, E | SqlError | ApiError, R>
 }>()("khala/services/Idempotency") {
   static readonly layer = Layer.effect(
     Idempotency,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      return Idempotency.of({
-        lookup: (scope) =>
+      const lookup = (scope: IdempotencyScope) =>
           sql<{ request_hash: string; response: JsonObject }>`
             SELECT request_hash, response FROM runtime.idempotency_keys
             WHERE entity_kind = ${scope.entityKind} AND entity_id = ${scope.entityId}
@@ -52,13 +59,24 @@ export class Idempotency extends Context.Service<Idempotency, {
               }
               return Effect.succeed(row.response)
             })
-          ),
-        store: (scope, status, response) =>
+          )
+      const store = (scope: IdempotencyScope, status: number, response: JsonObject) =>
           sql`
             INSERT INTO runtime.idempotency_keys (entity_kind, entity_id, idempotency_key, request_hash, status, response)
             VALUES (${scope.entityKind}, ${scope.entityId}, ${scope.key}, ${scope.requestHash}, ${status},
                     ${JSON.stringify(response)}::jsonb)`.pipe(Effect.asVoid)
-      })
+      const guard = <E, R>(
+        scope: IdempotencyScope | undefined,
+        body: Effect.Effect<{ readonly status: number; readonly body: JsonObject }, E, R>
+      ) =>
+        scope === undefined ? body : Effect.gen(function*() {
+          const stored = yield* lookup(scope)
+          if (stored) return { status: 200, body: stored }
+          const result = yield* body
+          yield* store(scope, result.status, result.body)
+          return result
+        })
+      return Idempotency.of({ lookup, store, guard })
     })
   )
 }

@@ -98,34 +98,33 @@ export class RunCommands extends Context.Service<RunCommands, {
               : undefined
             const run = created ?? (yield* store.lockRun(runId))
             if (!run) return yield* apiError("run_not_found", `run ${runId} does not exist`, { run_id: runId })
-            if (scope) {
-              const stored = yield* idempotency.lookup(scope)
-              if (stored) return { status: 200, body: stored }
-            }
-            if (type === "run.created" && !created) {
-              return yield* apiError("run_already_exists", `run ${runId} was already created`, { run_id: runId })
-            }
-            if (TERMINAL_RUN_STATUSES.has(run.status)) {
-              return yield* apiError("run_terminal", `run ${runId} is ${run.status}; no further events are accepted`, {
-                run_id: runId,
-                status: run.status
+            return yield* idempotency.guard(
+              scope,
+              Effect.gen(function*() {
+                if (type === "run.created" && !created) {
+                  return yield* apiError("run_already_exists", `run ${runId} was already created`, { run_id: runId })
+                }
+                if (TERMINAL_RUN_STATUSES.has(run.status)) {
+                  return yield* apiError("run_terminal", `run ${runId} is ${run.status}; no further events are accepted`, {
+                    run_id: runId,
+                    status: run.status
+                  })
+                }
+                const seq = run.lastSeq + 1
+                const record = yield* store.appendRunEvent({
+                  entityId: runId,
+                  ownerUserId: run.ownerUserId,
+                  seq,
+                  type,
+                  payload,
+                  occurredAtMs,
+                  requestId
+                })
+                const projected = yield* projector.applyRun(record, now)
+                yield* store.setRunState(runId, projected.doc.status, seq)
+                return { status: 201, body: { run_id: runId, seq, topic_seqs: projected.topicSeqs } }
               })
-            }
-            const seq = run.lastSeq + 1
-            const record = yield* store.appendRunEvent({
-              entityId: runId,
-              ownerUserId: run.ownerUserId,
-              seq,
-              type,
-              payload,
-              occurredAtMs,
-              requestId
-            })
-            const projected = yield* projector.applyRun(record, now)
-            yield* store.setRunState(runId, projected.doc.status, seq)
-            const response: JsonObject = { run_id: runId, seq, topic_seqs: projected.topicSeqs }
-            if (scope) yield* idempotency.store(scope, 201, response)
-            return { status: 201, body: response }
+            )
           })
         )
       })

@@ -163,18 +163,15 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
       ) =>
         runner.transact(
           type,
-          Effect.gen(function*() {
-            const row = yield* lockOr404(workerId)
-            if (scope) {
-              const stored = yield* idempotency.lookup(scope)
-              if (stored) return { status: 200, body: stored }
-            }
-            yield* terminal409(row)
-            const out = yield* appendLocked(row, type, payload, occurredAtMs, nowMs, requestId)
-            const response: JsonObject = { worker_id: workerId, seq: out.seq, topic_seqs: out.topicSeqs }
-            if (scope) yield* idempotency.store(scope, 201, response)
-            return { status: 201, body: response }
-          })
+          Effect.flatMap(lockOr404(workerId), (row) =>
+            idempotency.guard(
+              scope,
+              Effect.gen(function*() {
+                yield* terminal409(row)
+                const out = yield* appendLocked(row, type, payload, occurredAtMs, nowMs, requestId)
+                return { status: 201, body: { worker_id: workerId, seq: out.seq, topic_seqs: out.topicSeqs } }
+              })
+            ))
         ).pipe(Effect.annotateSpans({ "khala.command": command }))
 
       const summaryOf = (workerId: string) =>
@@ -194,29 +191,25 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
           Effect.gen(function*() {
             const inserted = yield* store.insertWorker(body.worker_id, body.owner_user_id, now)
             const row = inserted ?? (yield* lockOr404(body.worker_id))
-            if (scope) {
-              const stored = yield* idempotency.lookup(scope)
-              if (stored) return { status: 200, body: stored }
-            }
-            if (row.ownerUserId !== body.owner_user_id) {
-              return yield* apiError("worker_owner_conflict", `worker ${row.workerId} belongs to another owner`, {
-                worker_id: row.workerId
+            return yield* idempotency.guard(
+              scope,
+              Effect.gen(function*() {
+                if (row.ownerUserId !== body.owner_user_id) {
+                  return yield* apiError("worker_owner_conflict", `worker ${row.workerId} belongs to another owner`, {
+                    worker_id: row.workerId
+                  })
+                }
+                if (inserted) {
+                  const out = yield* appendLocked(row, "worker.created", { metadata }, now, now, requestId)
+                  return { status: 201, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
+                }
+                if (isTerminalWorkerStatus(row.status)) {
+                  const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
+                  return { status: 200, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
+                }
+                return { status: 200, body: withSeqs(snapshotJson(row, yield* summaryOf(row.workerId), now), {}) }
               })
-            }
-            let status = 200
-            let response: JsonObject
-            if (inserted) {
-              const out = yield* appendLocked(row, "worker.created", { metadata }, now, now, requestId)
-              status = 201
-              response = withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs)
-            } else if (isTerminalWorkerStatus(row.status)) {
-              const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
-              response = withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs)
-            } else {
-              response = withSeqs(snapshotJson(row, yield* summaryOf(row.workerId), now), {})
-            }
-            if (scope) yield* idempotency.store(scope, status, response)
-            return { status, body: response }
+            )
           })
         )
       })
@@ -277,19 +270,16 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const scope = scopeOf(workerId, "worker.stop", body)
         return yield* runner.transact(
           "worker.stop",
-          Effect.gen(function*() {
-            const row = yield* lockOr404(workerId)
-            if (scope) {
-              const stored = yield* idempotency.lookup(scope)
-              if (stored) return { status: 200, body: stored }
-            }
-            yield* terminal409(row)
-            const payload: JsonObject = body.reason === undefined ? {} : { reason: body.reason }
-            const out = yield* appendLocked(row, "worker.stopped", payload, now, now, requestId)
-            const response = withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs)
-            if (scope) yield* idempotency.store(scope, 200, response)
-            return { status: 200, body: response }
-          })
+          Effect.flatMap(lockOr404(workerId), (row) =>
+            idempotency.guard(
+              scope,
+              Effect.gen(function*() {
+                yield* terminal409(row)
+                const payload: JsonObject = body.reason === undefined ? {} : { reason: body.reason }
+                const out = yield* appendLocked(row, "worker.stopped", payload, now, now, requestId)
+                return { status: 200, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
+              })
+            ))
         )
       })
 
@@ -304,22 +294,17 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const scope = scopeOf(workerId, "worker.resume", body)
         return yield* runner.transact(
           "worker.resume",
-          Effect.gen(function*() {
-            const row = yield* lockOr404(workerId)
-            if (scope) {
-              const stored = yield* idempotency.lookup(scope)
-              if (stored) return { status: 200, body: stored }
-            }
-            let response: JsonObject
-            if (isTerminalWorkerStatus(row.status)) {
-              const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
-              response = withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs)
-            } else {
-              response = withSeqs(snapshotJson(row, yield* summaryOf(workerId), now), {})
-            }
-            if (scope) yield* idempotency.store(scope, 200, response)
-            return { status: 200, body: response }
-          })
+          Effect.flatMap(lockOr404(workerId), (row) =>
+            idempotency.guard(
+              scope,
+              Effect.gen(function*() {
+                if (!isTerminalWorkerStatus(row.status)) {
+                  return { status: 200, body: withSeqs(snapshotJson(row, yield* summaryOf(workerId), now), {}) }
+                }
+                const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
+                return { status: 200, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
+              })
+            ))
         )
       })
 
