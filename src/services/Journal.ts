@@ -140,9 +140,9 @@ export class Journal extends Context.Service<Journal, {
         if (!Arr.isArrayNonEmpty(rows)) return topicSeqs
         yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(rows)}`
         if (options?.notify === false) return topicSeqs
-        for (const [topic, head] of Object.entries(topicSeqs)) {
-          yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, ${`${head} ${committedAtMs} ${topic}`})`
-        }
+        // One statement for every topic of the command.
+        const payloads = Object.entries(topicSeqs).map(([topic, head]) => `${head} ${committedAtMs} ${topic}`)
+        yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, p) FROM unnest(${payloads}::text[]) AS p`
         return topicSeqs
       })
 
