@@ -247,8 +247,10 @@ export const runTail = async (args: ReadonlyArray<string>, io: CliIO, stop: Abor
     if (epoch === undefined) {
       let snapshot
       try {
-        snapshot = await client.fetchSnapshot(fetch, client.deriveSnapshotUrl(url), topic, await tokens.getToken())
+        const abortable: typeof fetch = (input, init) => fetch(input, { ...init, signal: stop })
+        snapshot = await client.fetchSnapshot(abortable, client.deriveSnapshotUrl(url), topic, await tokens.getToken())
       } catch (e) {
+        if (stop.aborted) return EXIT_OK
         const error = e instanceof client.KhalaSnapshotError ? e : undefined
         throw new CliError(
           error === undefined ? `cannot read the epoch of ${topic}: ${String(e)}` : describeTopicError(error)
