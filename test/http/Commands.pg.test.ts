@@ -250,6 +250,17 @@ layer(testApp({ maxBodyBytes: 4096 }), { timeout: "120 seconds" })("HTTP command
         assert.strictEqual(invalid.status, 400)
         const badToken = yield* call(get("/sync/v1/snapshot?topic=run/run-s", token + "x"))
         assert.strictEqual(badToken.status, 401)
+        // browsers on app origins: CORS on the response and on the preflight
+        assert.strictEqual(snap.headers["access-control-allow-origin"], "*")
+        assert.strictEqual(badToken.headers["access-control-allow-origin"], "*")
+        const client = yield* HttpClient.HttpClient
+        const preflight = yield* client.execute(
+          HttpClientRequest.make("OPTIONS")("/sync/v1/snapshot?topic=run/run-s").pipe(
+            HttpClientRequest.setHeaders({ origin: "https://app.example", "access-control-request-method": "GET" })
+          )
+        )
+        assert.strictEqual(preflight.status, 204)
+        assert.include(String(preflight.headers["access-control-allow-headers"]), "authorization")
       }))
   })
 

@@ -6,7 +6,7 @@
 import { timestampFromMs, TimestampSchema } from "@bufbuild/protobuf/wkt"
 import { toJson } from "@bufbuild/protobuf"
 import { Effect, Metric, Schema } from "effect"
-import { HttpRouter } from "effect/http"
+import { HttpRouter, HttpServerResponse } from "effect/http"
 import { apiError } from "../../domain/ApiError.ts"
 import { decodeBody, orInternal } from "../../services/CommandRunner.ts"
 import { authFailures, tokenMintFailures } from "../../services/Metrics.ts"
@@ -16,6 +16,11 @@ import { TopicAccess } from "../../services/TopicAccess.ts"
 import { TokenVerifier } from "../../services/TokenVerifier.ts"
 import { KhalaConfig } from "../Config.ts"
 import { bearerToken, handle, json, queryParam, readJsonBody, requireToken } from "./HttpSupport.ts"
+
+const CORS_HEADERS = { "access-control-allow-origin": "*", "access-control-expose-headers": "x-request-id" }
+
+const withCors = <E, R>(route: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
+  Effect.map(route, HttpServerResponse.setHeaders(CORS_HEADERS))
 
 export const MintTokenBody = Schema.Struct({
   user_id: Schema.String,
@@ -50,7 +55,17 @@ export const SyncRoutes = HttpRouter.use(Effect.fn(function*(router) {
       })
     })))
 
-  yield* router.add("GET", "/sync/v1/snapshot", handle((req) =>
+  // Browsers call the snapshot from app origins with a bearer token (no cookies), so any origin
+  // may read it; the preflight allows the Authorization header.
+  yield* router.add("OPTIONS", "/sync/v1/snapshot", Effect.succeed(
+    HttpServerResponse.empty({ status: 204 }).pipe(HttpServerResponse.setHeaders({
+      ...CORS_HEADERS,
+      "access-control-allow-methods": "GET, OPTIONS",
+      "access-control-allow-headers": "authorization, content-type, x-request-id",
+      "access-control-max-age": "600"
+    }))
+  ))
+  yield* router.add("GET", "/sync/v1/snapshot", withCors(handle((req) =>
     Effect.gen(function*() {
       const token = bearerToken(req)
       if (token === undefined) return yield* apiError("unauthorized", "missing sync token")
@@ -69,5 +84,5 @@ export const SyncRoutes = HttpRouter.use(Effect.fn(function*(router) {
           ))
       )
       return json(yield* orInternal(readModels.snapshot(topic)))
-    })))
+    }))))
 }))
