@@ -73,7 +73,7 @@ export interface SocketPort {
   readonly destroy: () => void
 }
 
-const REPLAY_BATCH = 1000
+const REPLAY_BATCH = 2000
 const MAX_ITEMS_PER_FRAME = 512
 /** Over-limit frames in one second beyond which rate limiting becomes fatal. */
 const RATE_ABUSE_FACTOR = 2
@@ -205,7 +205,7 @@ export const runConnection = (port: SocketPort) =>
             }
             exhausted = false
           }
-          const rows = yield* journal.read(sub.topic, last, REPLAY_BATCH)
+          const rows = yield* journal.read(sub.topic, last, REPLAY_BATCH, subprotocol === "khala.v1.proto" ? "pb" : "json")
           if (rows.length > 0 && rows[0]!.seq !== last + 1) {
             // Retention compacted entries this replay still needed.
             const current = yield* journal.position(sub.topic)

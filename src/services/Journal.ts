@@ -71,7 +71,17 @@ export class Journal extends Context.Service<Journal, {
     options?: { readonly notify: boolean }
   ) => Effect.Effect<TopicSeqs, SqlError | JournalEntryTooLarge>
   /** Entries with seq > afterSeq, ascending, at most `limit`. */
-  readonly read: (topic: string, afterSeq: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
+  /**
+   * Entries with seq > afterSeq, ascending, at most `limit`. `encoding` selects the stored
+   * encodings to fetch: a replay for one subprotocol reads only its own column (the other field is
+   * left empty and must not be used).
+   */
+  readonly read: (
+    topic: string,
+    afterSeq: number,
+    limit: number,
+    encoding?: "pb" | "json" | "both"
+  ) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
   readonly position: (topic: string) => Effect.Effect<TopicPosition, SqlError>
   readonly epoch: Effect.Effect<string, SqlError>
 }>()("khala/services/Journal") {
@@ -146,12 +156,18 @@ export class Journal extends Context.Service<Journal, {
         return topicSeqs
       })
 
-      const read = (topic: string, afterSeq: number, limit: number) =>
-        sql<{ seq: bigint; update_pb: Uint8Array; update_json: string }>`
-          SELECT seq, update_pb, update_json FROM runtime.sync_stream_events
+      const EMPTY = new Uint8Array(0)
+      const read = (topic: string, afterSeq: number, limit: number, encoding: "pb" | "json" | "both" = "both") => {
+        const pb = encoding !== "json" ? sql`update_pb` : sql`NULL::bytea AS update_pb`
+        const json = encoding !== "pb" ? sql`update_json` : sql`NULL::text AS update_json`
+        return sql<{ seq: bigint; update_pb: Uint8Array | null; update_json: string | null }>`
+          SELECT seq, ${pb}, ${json} FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`.pipe(
-          Effect.map((rows) => rows.map((r) => ({ seq: Number(r.seq), pb: r.update_pb, json: r.update_json })))
+          Effect.map((rows) =>
+            rows.map((r) => ({ seq: Number(r.seq), pb: r.update_pb ?? EMPTY, json: r.update_json ?? "" }))
+          )
         )
+      }
 
       const epoch = sql<{ epoch: string }>`SELECT epoch FROM runtime.sync_journal_epoch`.pipe(
         Effect.map((rows) => rows[0]?.epoch ?? "")
