@@ -125,10 +125,12 @@ const stopStalePostmaster = async (dataDir: string) => {
     const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, "utf8");
     if (!cmd.includes("postgres") || !cmd.includes(dataDir)) return; // pid reused by something else
   } catch { return; } // not running: postgres itself removes a stale lock file
-  // A postgres whose watchdog (its parent) is alive belongs to a running Khala: never stop it.
-  // Only an orphan (re-parented to init after its owner died) is stale.
+  // A postgres whose watchdog (its parent `sh`) still has its Khala process belongs to a running
+  // Khala: never stop it. It is stale when it, or its watchdog, was orphaned (re-parented to init)
+  // because the Khala that started it died.
   const ppid = parentPid(pid);
-  if (ppid !== undefined && ppid !== 1) {
+  const owner = ppid === undefined || ppid === 1 ? undefined : parentPid(ppid);
+  if (ppid !== undefined && ppid !== 1 && owner !== undefined && owner !== 1) {
     throw new Error(`${dataDir} is in use by a running postgres (pid ${pid}, owner pid ${ppid}); is another khala running on this data dir?`);
   }
   process.kill(pid, "SIGINT"); // fast shutdown
