@@ -1,0 +1,200 @@
+/**
+ * Khala adapter: subscribers over `/sync/v1` (either subprotocol; one topic per connection),
+ * publishers through the HTTP command path (`run.step` appends), replay from seq 0.
+ *
+ * Bench topic `x` is the run `x` (Khala topic `run/x`, owned by user `o-x`). Every published
+ * `run.step` yields two entries on `run/x` (the event and the run summary); the bench counts the
+ * event as "the message" and checks the gapless per-topic seq over all entries.
+ */
+import WebSocket from "ws"
+import { marker, nowMs, pad, type ReplayResult, type Target } from "../lib/common.ts"
+import { HttpClient } from "../lib/http.ts"
+import { decodeFull, helloFrame, khalaTopic, scanJsonFrame, scanProtoFrame, subscribeFrame } from "../lib/khalaWire.ts"
+import { type ClientFactory, type Publisher, type Replayer, SeqCheck, type SubConn, type SubStats, type TopicState } from "./types.ts"
+
+const SLOW_CONSUMER_CLOSE = 4009
+
+const runPath = (topic: string) => `/internal/v1/runs/${encodeURIComponent(topic)}/events`
+
+export const khalaClients = (target: Target): ClientFactory => {
+  const subprotocol = target.subprotocol ?? "khala.v1.proto"
+  const token = target.syncToken!
+
+  const subscriber = (topics: ReadonlyArray<string>, stats: SubStats, resume: boolean): SubConn => {
+    if (topics.length !== 1) throw new Error("the Khala bench client subscribes to one topic per connection")
+    const topic = khalaTopic(topics[0]!)
+    // keyed by the bench topic name, as the publisher's counts are
+    const st: TopicState = { topic: topics[0]!, last: 0, messages: 0 }
+    let epoch = ""
+    let closing = false
+    let ws: WebSocket | undefined
+    let readyDone = false
+    let resolveReady!: () => void
+    let rejectReady!: (e: Error) => void
+    const ready = new Promise<void>((res, rej) => {
+      resolveReady = res
+      rejectReady = rej
+    })
+    const fail = (msg: string) => {
+      stats.error(msg)
+      if (!readyDone) {
+        readyDone = true
+        rejectReady(new Error(msg))
+      }
+    }
+    const onItem = (seq: number, committed: number, sent: number) => stats.item(st, seq, sent, committed)
+
+    const handleControl = (frame: ReturnType<typeof decodeFull>) => {
+      switch (frame.case) {
+        case "welcome":
+          ws!.send(subscribeFrame(subprotocol, "s", [{ topic, afterSeq: st.last, epoch }]))
+          return
+        case "subscribed":
+          epoch = frame.value.topics[0]?.epoch ?? epoch
+          return
+        case "caughtUp":
+          if (!readyDone) {
+            readyDone = true
+            resolveReady()
+          }
+          return
+        case "error":
+          fail(`error ${frame.value.code} ${frame.value.message}`)
+          return
+        case "goodbye":
+          if (frame.value.code !== 9) stats.error(`goodbye ${frame.value.code} ${frame.value.message}`)
+          return
+        default:
+          return
+      }
+    }
+
+    const connect = () => {
+      const sock = new WebSocket(target.wsUrl, [subprotocol], { perMessageDeflate: false })
+      ws = sock
+      sock.binaryType = "nodebuffer"
+      sock.on("open", () => sock.send(helloFrame(subprotocol, token)))
+      sock.on("message", (data: Buffer, isBinary: boolean) => {
+        stats.frame(data.length)
+        if (isBinary) {
+          if (scanProtoFrame(data, onItem) !== 3) handleControl(decodeFull(subprotocol, data))
+        } else {
+          const text = data.toString("utf8")
+          const o = scanJsonFrame(text, onItem)
+          if (o["updates"] === undefined) handleControl(decodeFull(subprotocol, text))
+        }
+      })
+      sock.on("error", (e) => stats.error(`socket error: ${String(e)}`))
+      sock.on("close", (code, reason) => {
+        if (closing) return
+        if (resume && readyDone && (code === SLOW_CONSUMER_CLOSE || code === 1006)) {
+          stats.reconnects++
+          setTimeout(connect, 20)
+          return
+        }
+        fail(`closed ${code} ${reason.toString()}`)
+      })
+    }
+    connect()
+    return {
+      ready,
+      states: [st],
+      close: () => {
+        closing = true
+        ws?.terminate()
+      }
+    }
+  }
+
+  const publisher = async (): Promise<Publisher> => {
+    const http = new HttpClient(target.httpBase!, 256)
+    const service = target.serviceToken!
+    const bodyOf = (n: number, padBytes: number) =>
+      `{"type":"run.step","payload":{"ts":"${marker(nowMs())}","n":${n},"pad":"${pad(padBytes)}"}}`
+    return {
+      setup: async (topics, concurrency) => {
+        let i = 0
+        const worker = async () => {
+          while (i < topics.length) {
+            const t = topics[i++]!
+            const r = await http.post(runPath(t), service, { type: "run.created", owner_user_id: `o-${t}` })
+            if (r.status !== 201 && !(r.status === 409 && r.body.includes("run_already_exists"))) {
+              throw new Error(`creating run ${t}: ${r.status} ${r.body}`)
+            }
+          }
+        }
+        await Promise.all(Array.from({ length: Math.min(concurrency, topics.length) }, worker))
+      },
+      publish: async (topic, n, padBytes) => {
+        const r = await http.request("POST", runPath(topic), service, bodyOf(n, padBytes))
+        if (r.status !== 201) throw new Error(`append ${topic}: ${r.status} ${r.body.slice(0, 200)}`)
+      },
+      close: () => http.close()
+    }
+  }
+
+  const replayer = (): Replayer => {
+    let ws: WebSocket | undefined
+    return {
+      prepare: async () => {},
+      go: (topic, _expected) =>
+        new Promise<ReplayResult>((resolve) => {
+          const kt = khalaTopic(topic)
+          const check = new SeqCheck()
+          const errors: Array<string> = []
+          let entries = 0
+          let bytes = 0
+          let t0 = 0
+          let done = false
+          const finish = (complete: boolean) => {
+            if (done) return
+            done = true
+            const elapsedMs = t0 === 0 ? Number.NaN : nowMs() - t0
+            ws?.terminate()
+            resolve({ entries, bytes, elapsedMs, gaps: check.gaps, duplicates: check.duplicates, violations: check.violations, complete, errors })
+          }
+          const sock = new WebSocket(target.wsUrl, [subprotocol], { perMessageDeflate: false })
+          ws = sock
+          sock.binaryType = "nodebuffer"
+          sock.on("open", () => sock.send(helloFrame(subprotocol, token)))
+          const onItem = (seq: number) => {
+            entries++
+            check.add(seq)
+          }
+          sock.on("message", (data: Buffer, isBinary: boolean) => {
+            bytes += data.length
+            let frame: ReturnType<typeof decodeFull> | undefined
+            if (isBinary) {
+              if (scanProtoFrame(data, onItem) !== 3) frame = decodeFull(subprotocol, data)
+            } else {
+              const text = data.toString("utf8")
+              if (scanJsonFrame(text, onItem)["updates"] === undefined) frame = decodeFull(subprotocol, text)
+            }
+            if (!frame) return
+            if (frame.case === "welcome") {
+              t0 = nowMs()
+              bytes = 0
+              sock.send(subscribeFrame(subprotocol, "r", [{ topic: kt, afterSeq: 0, epoch: "" }]))
+            } else if (frame.case === "caughtUp") {
+              if (Number(frame.value.seq) !== check.last) errors.push(`caught_up.seq ${frame.value.seq} != last seq ${check.last}`)
+              finish(true)
+            } else if (frame.case === "error" || frame.case === "goodbye") {
+              errors.push(`${frame.case} ${frame.value.code} ${frame.value.message}`)
+              finish(false)
+            }
+          })
+          sock.on("error", (e) => errors.push(String(e)))
+          sock.on("close", (code) => {
+            if (!done) {
+              errors.push(`closed ${code}`)
+              finish(false)
+            }
+          })
+        }),
+      close: () => ws?.terminate()
+    }
+  }
+
+  return { subscriber, publisher, replayer }
+}
+
