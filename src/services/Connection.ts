@@ -190,6 +190,7 @@ export const runConnection = (port: SocketPort) =>
         const started = yield* Clock.currentTimeMillis
         let last = afterSeq
         let exhausted = last >= position.headSeq
+        let behind = false
         while (true) {
           if (exhausted) {
             const joined = yield* sub.lease.join(sub.subscriber, position.epoch, last, position.headSeq)
@@ -204,9 +205,14 @@ export const runConnection = (port: SocketPort) =>
               return yield* sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
             }
             exhausted = false
+            behind = true
           }
           const rows = yield* journal.read(sub.topic, last, REPLAY_BATCH, subprotocol === "khala.v1.proto" ? "pb" : "json")
-          if (rows.length > 0 && rows[0]!.seq !== last + 1) {
+          // The actor is ahead of `last` but the journal has nothing after it: entries were removed
+          // under us (never in normal operation); the cursor cannot be served.
+          const vanished = behind && rows.length === 0
+          behind = false
+          if (vanished || (rows.length > 0 && rows[0]!.seq !== last + 1)) {
             // Retention compacted entries this replay still needed.
             const current = yield* journal.position(sub.topic)
             yield* removeSubscription(sub.topic)
