@@ -8,7 +8,7 @@
  * lenient where a client should be (unknown JSON fields from a newer server are ignored) and
  * never throws: every failure is a `DecodeFailure`.
  */
-import { create, fromBinary, fromJson, fromJsonString, toBinary, toJson, toJsonString } from "@bufbuild/protobuf"
+import { create, fromBinary, fromJson, fromJsonString, toBinary, toJsonString } from "@bufbuild/protobuf"
 import type { JsonValue } from "@bufbuild/protobuf"
 import {
   CodexWorkerSummarySchema,
@@ -19,6 +19,8 @@ import {
 import { ErrorCode } from "../gen/openagents/sync/v1/errors_pb.ts"
 import { ClientFrameSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import type { ClientFrame, ServerFrame, Update } from "../gen/openagents/sync/v1/frames_pb.ts"
+import { documentJson } from "../domain/DocumentJson.ts"
+import { WORKER_TAXONOMY } from "../domain/WorkerProjection.ts"
 
 export const PROTO_SUBPROTOCOL = "khala.v1.proto"
 export const JSON_SUBPROTOCOL = "khala.v1.json"
@@ -120,36 +122,14 @@ export const errorCodeName = (code: number): ErrorCodeName => ERROR_CODE_NAMES[c
 /** The typed body of a document: the generated `Update.body` oneof. */
 export type DocumentBody = Update["body"]
 
-const jsonOptions = { useProtoFieldName: true } as const
-
 /**
  * proto3 JSON (snake_case field names) of a document body: exactly the `document` the snapshot
  * endpoint returns for the same document. `null` for a body this client does not know.
  */
-export const documentBodyJson = (body: DocumentBody): JsonValue => {
-  switch (body.case) {
-    case "runSummary":
-      return toJson(RunSummarySchema, body.value, jsonOptions)
-    case "workerSummary":
-      return toJson(CodexWorkerSummarySchema, body.value, jsonOptions)
-    case "runEvent":
-      return toJson(RunEventSchema, body.value, jsonOptions)
-    case "workerEvent":
-      return toJson(WorkerEventSchema, body.value, jsonOptions)
-    case undefined:
-      return null
-  }
-}
+export const documentBodyJson: (body: DocumentBody) => JsonValue = documentJson
 
 /** Worker taxonomy kinds carried as `WorkerEvent` documents (docs/PROTOCOL.md §3). */
-const WORKER_EVENT_KINDS: ReadonlySet<string> = new Set([
-  "worker.started",
-  "worker.stopped",
-  "worker.error",
-  "worker.heartbeat",
-  "worker.event",
-  "worker.request.received"
-])
+const WORKER_EVENT_KINDS: ReadonlySet<string> = new Set(WORKER_TAXONOMY)
 
 /**
  * Decodes a snapshot `document` (proto3 JSON) by its `kind` into the same typed body live updates

@@ -3,21 +3,9 @@
  * and the Effect API (`src/client/effect.ts`, typed error channels).
  */
 import { Schema } from "effect"
+import { WS_ERROR_NAMES } from "../domain/ErrorCode.ts"
 
-const ErrorCodeNames = Schema.Literals([
-  "unspecified",
-  "stale_cursor",
-  "unauthenticated",
-  "token_expired",
-  "forbidden_topic",
-  "bad_request",
-  "payload_too_large",
-  "rate_limited",
-  "too_many_subscriptions",
-  "slow_consumer",
-  "server_draining",
-  "internal"
-])
+const ErrorCodeNames = Schema.Literals(["unspecified", ...WS_ERROR_NAMES])
 
 /** An `Error` or `Goodbye` frame from the server (docs/PROTOCOL.md §7). */
 export class KhalaServerError extends Schema.TaggedError<KhalaServerError>()("KhalaServerError", {

@@ -10,12 +10,8 @@ import {
   type CodexWorkerSummary,
   CodexWorkerSummarySchema,
   type RunSummary,
-  RunSummarySchema,
-  RunEventSchema,
-  WorkerEventSchema
+  RunSummarySchema
 } from "../gen/openagents/sync/v1/documents_pb.ts"
-import type { Update } from "../gen/openagents/sync/v1/frames_pb.ts"
-import type { JsonValue } from "./Json.ts"
 
 export const PROJECTION_VERSION = 1
 
@@ -31,18 +27,4 @@ const jsonOptions = { useProtoFieldName: true } as const
 export const runSummaryJson = (doc: RunSummary) => toJson(RunSummarySchema, doc, jsonOptions)
 export const workerSummaryJson = (doc: CodexWorkerSummary) => toJson(CodexWorkerSummarySchema, doc, jsonOptions)
 
-/** proto3 JSON (snake_case field names) of the document or event an Update carries. */
-export const documentJson = (body: Update["body"]): JsonValue => {
-  switch (body.case) {
-    case "runSummary":
-      return toJson(RunSummarySchema, body.value, jsonOptions)
-    case "workerSummary":
-      return toJson(CodexWorkerSummarySchema, body.value, jsonOptions)
-    case "runEvent":
-      return toJson(RunEventSchema, body.value, jsonOptions)
-    case "workerEvent":
-      return toJson(WorkerEventSchema, body.value, jsonOptions)
-    case undefined:
-      return null
-  }
-}
+export { documentJson } from "./DocumentJson.ts"

@@ -198,23 +198,31 @@ describe("watermark stores", () => {
 describe("browser safety", () => {
   it("nothing under src/client but fileStore.ts imports node:*, ws or uses Buffer/process", () => {
     const dir = path.join(import.meta.dirname, "../../src/client")
+    const src = path.resolve(dir, "..")
     const files = fs.readdirSync(dir).filter((f) => f.endsWith(".ts") && f !== "fileStore.ts")
     assert.isAbove(files.length, 5)
-    for (const f of files) {
-      const code = fs.readFileSync(path.join(dir, f), "utf8")
+    // Walk every relative import from the client entry points: each module reached (shared domain
+    // modules included) must be browser-safe.
+    const seen = new Set<string>()
+    const queue = files.map((f) => path.join(dir, f))
+    while (queue.length > 0) {
+      const file = queue.pop()!
+      if (seen.has(file)) continue
+      seen.add(file)
+      const rel = path.relative(src, file)
+      const code = fs.readFileSync(file, "utf8")
         .replace(/\/\*[\s\S]*?\*\//g, "")
         .replace(/\/\/.*$/gm, "")
-      assert.notMatch(code, /from\s+"node:|import\("node:|require\(/, f)
-      assert.notMatch(code, /from\s+"ws"/, f)
-      assert.notMatch(code, /\bBuffer\b|\bprocess\./, f)
-      assert.notMatch(code, /fileStore/, `${f} must not pull the Node file store`)
+      assert.notMatch(code, /from\s+"node:|import\("node:|require\(/, rel)
+      assert.notMatch(code, /from\s+"ws"/, rel)
+      assert.notMatch(code, /\bBuffer\b|\bprocess\./, rel)
+      assert.notMatch(code, /fileStore/, `${rel} must not pull the Node file store`)
       for (const m of code.matchAll(/from\s+"(\.\.?\/[^"]+)"/g)) {
-        const target = path.resolve(dir, m[1]!)
-        assert.isTrue(
-          target.startsWith(dir) || target.includes(`${path.sep}gen${path.sep}`),
-          `${f} imports ${m[1]} outside src/client and src/gen`
-        )
+        const target = path.resolve(path.dirname(file), m[1]!)
+        assert.isTrue(target.startsWith(src), `${rel} imports ${m[1]} outside src/`)
+        queue.push(target)
       }
     }
+    assert.isTrue([...seen].some((f) => f.includes(`${path.sep}domain${path.sep}`)), "shared domain modules are checked too")
   })
 })
