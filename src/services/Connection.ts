@@ -110,7 +110,8 @@ export const runConnection = (port: SocketPort) =>
       port.awaitDrain
     )
     /** Completed with the reason the connection must end (fatal error). */
-    const fatal = yield* Deferred.make<ProtocolError>()
+    /** Completed once: with the fatal error to send, or `undefined` when the client went away. */
+    const fatal = yield* Deferred.make<ProtocolError | undefined>()
     const end = (e: ProtocolError) => Deferred.succeed(fatal, e).pipe(Effect.asVoid)
     const endUnsafe = (e: ProtocolError) => {
       Deferred.doneUnsafe(fatal, Effect.succeed(e))
@@ -154,8 +155,8 @@ export const runConnection = (port: SocketPort) =>
     const expiresAt = yield* Ref.make(0)
     const subscriptions = new Map<string, Subscription>()
     const replays = yield* FiberMap.make<string>()
-    /** The token-expiry timer; restarted by every refresh (the deadline may move either way). */
-    const expiryTimer = yield* FiberHandle.make<void>()
+    /** The heartbeat + token-expiry timer; restarted by every refresh (the deadline may move either way). */
+    const timerFiber = yield* FiberHandle.make<void>()
     // Runs however the connection ends (an abrupt TCP close interrupts this fiber): release every
     // topic lease so actors stop delivering here and can retire.
     yield* Effect.addFinalizer(() =>
@@ -358,7 +359,7 @@ export const runConnection = (port: SocketPort) =>
         }
         principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
         yield* Ref.set(expiresAt, t.expiresAtMs)
-        yield* FiberHandle.run(expiryTimer, expiry)
+        yield* FiberHandle.run(timerFiber, timers)
         yield* sendControl(frameOf({
           case: "tokenRefreshed",
           value: create(TokenRefreshedSchema, { tokenExpiresAtMs: BigInt(t.expiresAtMs) })
@@ -428,20 +429,21 @@ export const runConnection = (port: SocketPort) =>
       return { _tag: "Hello" as const, token: verified.success, rest: batch.slice(1) }
     })
 
-    const heartbeat = Effect.gen(function*() {
-      while (true) {
-        yield* Effect.sleep(Duration.millis(config.heartbeatIntervalMs))
-        const now = yield* Clock.currentTimeMillis
-        yield* sendControl(frameOf({ case: "heartbeat", value: create(HeartbeatSchema, { serverTimeMs: BigInt(now) }) }))
-      }
-    })
-
-    const expiry = Effect.gen(function*() {
+    /**
+     * One timer fiber per connection for both heartbeats and token expiry (a fiber per timer would
+     * cost memory on every idle connection). Restarted by a refresh; the heartbeat phase survives.
+     */
+    let nextHeartbeatAt = 0
+    const timers = Effect.gen(function*() {
       while (true) {
         const now = yield* Clock.currentTimeMillis
-        const deadline = (yield* Ref.get(expiresAt)) + config.clockSkewMs
-        if (now >= deadline) return yield* end(protocolError("token_expired", "the token expired; reconnect with a new one"))
-        yield* Effect.sleep(Duration.millis(deadline - now))
+        const expiresAtMs = (yield* Ref.get(expiresAt)) + config.clockSkewMs
+        if (now >= expiresAtMs) return yield* end(protocolError("token_expired", "the token expired; reconnect with a new one"))
+        if (now >= nextHeartbeatAt) {
+          nextHeartbeatAt = now + config.heartbeatIntervalMs
+          yield* sendControl(frameOf({ case: "heartbeat", value: create(HeartbeatSchema, { serverTimeMs: BigInt(now) }) }))
+        }
+        yield* Effect.sleep(Duration.millis(Math.min(expiresAtMs, nextHeartbeatAt) - now))
       }
     })
 
@@ -484,27 +486,24 @@ export const runConnection = (port: SocketPort) =>
           tokenExpiresAtMs: BigInt(t.expiresAtMs)
         })
       }))
-      yield* Effect.forkChild(heartbeat)
-      yield* FiberHandle.run(expiryTimer, expiry)
+      nextHeartbeatAt = now + config.heartbeatIntervalMs
+      yield* FiberHandle.run(timerFiber, timers)
       yield* readLoop(hello.rest)
     })
 
     yield* Ref.update(lifecycle.connections, (n) => n + 1)
     yield* Metric.modify(connectionsGauge, 1)
     const writerFiber = yield* Effect.forkChild(writer)
-    const drainWatch = yield* Effect.forkChild(
-      Deferred.await(lifecycle.drainRequested).pipe(
-        Effect.andThen(end(protocolError("server_draining", "this node is draining; reconnect to another", { retryAfterMs: 0 })))
-      )
-    )
-
+    const onDrain = () =>
+      endUnsafe(protocolError("server_draining", "this node is draining; reconnect to another", { retryAfterMs: 0 }))
+    // Unregistered by the scope however the connection ends (an abrupt close interrupts us).
+    yield* Effect.acquireRelease(Effect.sync(() => lifecycle.onDrain(onDrain)), (stop) => Effect.sync(stop))
     // The session ends when the client goes away (pull fails) or a fatal reason is set.
-    const reason = yield* Effect.raceFirst(
-      session.pipe(Effect.andThen(Effect.never), Effect.as(undefined), Effect.orElseSucceed(() => undefined)),
-      Deferred.await(fatal)
+    const sessionFiber = yield* Effect.forkChild(
+      session.pipe(Effect.ignore, Effect.andThen(Deferred.succeed(fatal, undefined)))
     )
-
-    yield* Fiber.interrupt(drainWatch)
+    const reason = yield* Deferred.await(fatal)
+    yield* Fiber.interrupt(sessionFiber)
     for (const topic of [...subscriptions.keys()]) yield* removeSubscription(topic, reason?.code === "slow_consumer")
     if (reason !== undefined) {
       if (reason.code === "slow_consumer") yield* Metric.update(slowConsumerEvictions, 1)
