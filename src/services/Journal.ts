@@ -106,15 +106,23 @@ export class Journal extends Context.Service<Journal, {
         const topicSeqs: TopicSeqs = {}
         let tooLarge: { topic: string; bytes: number; limit: number } | undefined
         const rows: Array<Record<string, unknown>> = []
-        // Topics in a fixed order (entity topic first, as drafted): every command locks the
-        // sequence rows in the same relative order, so concurrent commands cannot deadlock.
+        if (byTopic.size === 0) return topicSeqs
+        // One statement allocates every topic's seqs, locking the sequence rows in draft order
+        // (entity topic first, then the user topic): every command locks them in the same relative
+        // order, so concurrent commands cannot deadlock.
+        const topics = [...byTopic.keys()]
+        const counts = topics.map((t) => byTopic.get(t)!.length)
+        const heads = new Map(
+          (yield* sql<{ topic: string; head_seq: bigint }>`
+            INSERT INTO runtime.sync_topic_sequences AS s (topic, head_seq, floor_seq)
+            SELECT t, n, 1 FROM unnest(${topics}::text[], ${counts}::bigint[]) WITH ORDINALITY AS x(t, n, ord)
+            ORDER BY ord
+            ON CONFLICT (topic) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
+            RETURNING s.topic, s.head_seq`).map((r) => [r.topic, Number(r.head_seq)])
+        )
         for (const [topic, list] of byTopic) {
           const n = list.length
-          const [row] = yield* sql<{ head_seq: bigint }>`
-            INSERT INTO runtime.sync_topic_sequences (topic, head_seq, floor_seq) VALUES (${topic}, ${n}, 1)
-            ON CONFLICT (topic) DO UPDATE SET head_seq = runtime.sync_topic_sequences.head_seq + ${n}
-            RETURNING head_seq`
-          const head = Number(row!.head_seq)
+          const head = heads.get(topic)!
           topicSeqs[topic] = head
           list.forEach((d, i) => {
             const seq = head - n + 1 + i
