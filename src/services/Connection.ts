@@ -89,6 +89,8 @@ interface Subscription {
   readonly topic: string
   readonly lease: TopicLease
   readonly subscriber: Subscriber
+  /** Stops this subscription's subscriber from queuing anything (a Join may still be in flight). */
+  readonly deactivate: () => void
 }
 
 /** Serves one connection until it closes. Never fails. */
@@ -166,12 +168,17 @@ export const runConnection = (port: SocketPort) =>
       })
     )
 
-    const removeSubscription = (topic: string, evicted = false) =>
+    /**
+     * Ends a subscription. `fromReplay`: called by the subscription's own replay fiber, which must
+     * not interrupt itself (FiberMap.remove would); it ends on its own right after.
+     */
+    const removeSubscription = (topic: string, evicted = false, fromReplay = false) =>
       Effect.gen(function*() {
         const sub = subscriptions.get(topic)
         if (!sub) return false
+        sub.deactivate()
         subscriptions.delete(topic)
-        yield* FiberMap.remove(replays, topic)
+        if (!fromReplay) yield* FiberMap.remove(replays, topic)
         yield* sub.lease.release(sub.subscriber, evicted)
         yield* Metric.modify(subscriptionsGauge, -1)
         return true
@@ -202,7 +209,7 @@ export const runConnection = (port: SocketPort) =>
             }
             if (joined._tag === "EpochChanged") {
               const current = yield* journal.position(sub.topic)
-              yield* removeSubscription(sub.topic)
+              yield* removeSubscription(sub.topic, false, true)
               return yield* sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
             }
             exhausted = false
@@ -216,7 +223,7 @@ export const runConnection = (port: SocketPort) =>
           if (vanished || (rows.length > 0 && rows[0]!.seq !== last + 1)) {
             // Retention compacted entries this replay still needed.
             const current = yield* journal.position(sub.topic)
-            yield* removeSubscription(sub.topic)
+            yield* removeSubscription(sub.topic, false, true)
             return yield* sendError(staleError(sub.topic, current, "entries after after_seq were compacted", requestId))
           }
           for (
@@ -237,25 +244,33 @@ export const runConnection = (port: SocketPort) =>
           ))
       )
 
-    const makeSubscriber = (): Subscriber => ({
-      connectionId,
-      subprotocol,
-      offer: (frame) => {
-        if (outbound.offer(frame)) return true
-        slowConsumer()
-        return false
-      },
-      onEpochChanged: (topic) => {
-        // Called from the actor fiber: drop the subscription and tell the client asynchronously.
-        Effect.runFork(
-          Effect.gen(function*() {
-            if (!(yield* removeSubscription(topic))) return
-            const current = yield* journal.position(topic)
-            yield* sendError(staleError(topic, current, "the journal epoch changed"))
-          }).pipe(Effect.ignore)
-        )
+    const makeSubscriber = () => {
+      let active = true
+      const subscriber: Subscriber = {
+        connectionId,
+        subprotocol,
+        offer: (frame) => {
+          if (!active) return true // unsubscribed: drop silently (the actor will get our Leave)
+          if (outbound.offer(frame)) return true
+          slowConsumer()
+          return false
+        },
+        onEpochChanged: (topic) => {
+          // Called from the actor fiber: drop the subscription and tell the client asynchronously.
+          if (!active || subscriptions.get(topic)?.subscriber !== subscriber) return
+          Effect.runFork(
+            Effect.gen(function*() {
+              if (!(yield* removeSubscription(topic))) return
+              const current = yield* journal.position(topic).pipe(
+                Effect.orElseSucceed((): Position => ({ epoch: "", floorSeq: 0, headSeq: 0 }))
+              )
+              yield* sendError(staleError(topic, current, "the journal epoch changed"))
+            }).pipe(Effect.ignore)
+          )
+        }
       }
-    })
+      return { subscriber, deactivate: () => void (active = false) }
+    }
 
     // ---- requests
     const onSubscribe = (requestId: string, cursors: ClientFrame["frame"] & { case: "subscribe" }) =>
@@ -285,11 +300,10 @@ export const runConnection = (port: SocketPort) =>
           const authorized = yield* Effect.result(access.authorize(p, topic))
           if (Result.isFailure(authorized)) {
             const e = authorized.failure
-            yield* fail(
-              e._tag === "TopicDenied"
-                ? protocolError(e.reason, e.message, { requestId, topic })
-                : protocolError("internal", "authorization unavailable", { requestId, topic })
-            )
+            if (e._tag !== "TopicDenied") {
+              return yield* end(protocolError("internal", "authorization unavailable; reconnect and resume"))
+            }
+            yield* fail(protocolError(e.reason, e.message, { requestId, topic }))
             continue
           }
           const position = yield* journal.position(topic)
@@ -308,12 +322,16 @@ export const runConnection = (port: SocketPort) =>
         }
         if (accepted.length === 0) return
         const leases: Array<Subscription> = []
-        for (const a of accepted) {
-          const sub: Subscription = { topic: a.topic, lease: yield* hub.acquire(a.topic), subscriber: makeSubscriber() }
-          subscriptions.set(a.topic, sub)
-          leases.push(sub)
-          yield* Metric.modify(subscriptionsGauge, 1)
-        }
+        // Uninterruptible: a lease acquired is always registered, so it is always released.
+        yield* Effect.uninterruptible(Effect.gen(function*() {
+          for (const a of accepted) {
+            const lease = yield* hub.acquire(a.topic)
+            const sub: Subscription = { topic: a.topic, lease, ...makeSubscriber() }
+            subscriptions.set(a.topic, sub)
+            leases.push(sub)
+            yield* Metric.modify(subscriptionsGauge, 1)
+          }
+        }))
         yield* sendControl(frameOf({
           case: "subscribed",
           value: create(SubscribedSchema, {
@@ -334,7 +352,7 @@ export const runConnection = (port: SocketPort) =>
         }
       }).pipe(
         Effect.catchTag("SqlError", () =>
-          sendError(protocolError("internal", "journal unavailable; retry the subscribe", { requestId, retryable: true })))
+          end(protocolError("internal", "journal unavailable; reconnect and resume", { retryable: true })))
       )
 
     const onUnsubscribe = (requestId: string, topics: ReadonlyArray<string>) =>

@@ -179,6 +179,10 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
           const start = yield* Clock.currentTimeMillis
           // Block every command for the duration: they all lock one of these rows or insert into them.
           yield* sql`LOCK TABLE runtime.runs, runtime.codex_workers, runtime.owner_sequences IN EXCLUSIVE MODE`
+          // Then every projection table, in the order readers take them (snapshot: sequences → read
+          // models; retention: sequences → journal), before touching any: no lock cycle with them.
+          yield* sql`LOCK TABLE runtime.sync_journal_epoch, runtime.sync_topic_sequences, runtime.sync_stream_events,
+            runtime.read_models, runtime.projection_checkpoints IN ACCESS EXCLUSIVE MODE`
           yield* sql`CREATE TEMP TABLE old_journal ON COMMIT DROP AS
             SELECT topic, seq, kind, doc_key, doc_version, md5(body::text) AS body_md5 FROM runtime.sync_stream_events`
           yield* sql`CREATE TEMP TABLE old_heads ON COMMIT DROP AS SELECT topic, head_seq FROM runtime.sync_topic_sequences`

@@ -14,7 +14,7 @@
  *   stays bounded no matter how fast commits arrive.
  */
 import { create } from "@bufbuild/protobuf"
-import { Deferred, Effect, Metric, Queue } from "effect"
+import { Deferred, Effect, Metric, Queue, Schedule } from "effect"
 import { CaughtUpSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import {
   chunkUpdates,
@@ -109,8 +109,13 @@ export const runTopicActor = (options: {
     const topic = handle.topic
     const live = new Map<Subscriber, LiveSubscriber>()
     const ring: Array<StoredEntry> = []
-    let epoch = yield* journal.epoch
-    let head = (yield* journal.position(topic)).headSeq
+    // The first reads retry: an actor must never die with leases (and their pending joins) on it.
+    const initial = yield* journal.position(topic).pipe(
+      Effect.tapError((e) => Effect.logWarning(`topic ${topic}: reading its position failed; retrying`, e)),
+      Effect.retry(Schedule.spaced("200 millis"))
+    )
+    let epoch = initial.epoch
+    let head = initial.headSeq
 
     const ringStart = () => (ring.length > 0 ? ring[0]!.seq : head + 1)
 

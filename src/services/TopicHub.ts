@@ -62,9 +62,13 @@ export class TopicHub extends Context.Service<TopicHub, {
 
       const start = (topic: string) =>
         Effect.gen(function*() {
+          const mailbox = yield* Queue.bounded<ActorMessage>(4096)
+          // The fiber may have yielded above: another acquire may have started this topic meanwhile.
+          const existing = actors.get(topic)
+          if (existing) return existing
           const handle: TopicActorHandle = {
             topic,
-            mailbox: yield* Queue.bounded<ActorMessage>(4096),
+            mailbox,
             stats: { subscribers: 0, deliveredFrames: 0, deliveredBytes: 0, evictions: 0, headSeq: 0 },
             pendingNotifySeq: 0,
             notifyQueued: false,
@@ -78,8 +82,8 @@ export class TopicHub extends Context.Service<TopicHub, {
             settings,
             idleTtlMs: config.topicIdleTtlMs,
             tryRetire: () => {
-              if (handle.refCount > 0 || actors.get(topic) !== handle) return false
-              actors.delete(topic)
+              if (handle.refCount > 0) return false
+              if (actors.get(topic) === handle) actors.delete(topic)
               return true
             }
           }).pipe(
@@ -90,7 +94,7 @@ export class TopicHub extends Context.Service<TopicHub, {
         })
 
       const acquire = (topic: string) =>
-        Effect.gen(function*() {
+        Effect.uninterruptible(Effect.gen(function*() {
           const handle = actors.get(topic) ?? (yield* start(topic))
           handle.refCount++
           let released = false
@@ -111,7 +115,7 @@ export class TopicHub extends Context.Service<TopicHub, {
               })
           }
           return lease
-        })
+        }))
 
       const notify = (topic: string, seq: number) =>
         Effect.sync(() => {
