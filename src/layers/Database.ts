@@ -25,7 +25,8 @@ export const embeddedPostgres = (options: { readonly dataDir: string; readonly d
   )
 
 export const pgClientLayer = (url: Redacted.Redacted<string>, maxConnections: number) =>
-  PgClient.layer({ url, maxConnections, applicationName: "khala" })
+  // TCP keep-alive: a half-open connection (the LISTEN one above all) is detected and replaced.
+  PgClient.layer({ url, maxConnections, applicationName: "khala", keepAlive: "30 seconds" })
 
 export const DatabaseLive = Layer.unwrap(
   Effect.gen(function*() {

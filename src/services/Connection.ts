@@ -11,7 +11,7 @@
  * TestClock. Never touches SQL itself: Journal, TopicAccess and TopicHub do.
  */
 import { create } from "@bufbuild/protobuf"
-import { Clock, Deferred, Duration, Effect, Fiber, FiberHandle, FiberMap, Metric, Ref, Result } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Fiber, FiberHandle, FiberMap, Metric, Ref, Result } from "effect"
 import { randomUUID } from "node:crypto"
 import {
   type ClientFrame,
@@ -518,7 +518,17 @@ export const runConnection = (port: SocketPort) =>
     yield* Effect.acquireRelease(Effect.sync(() => lifecycle.onDrain(onDrain)), (stop) => Effect.sync(stop))
     // The session ends when the client goes away (pull fails) or a fatal reason is set.
     const sessionFiber = yield* Effect.forkChild(
-      session.pipe(Effect.ignore, Effect.andThen(Deferred.succeed(fatal, undefined)))
+      session.pipe(
+        Effect.catchCause((cause) =>
+          // A failed pull is the client going away; a defect is ours: tell the client (internal).
+          Cause.hasDies(cause)
+            ? Effect.logError("connection failed", cause).pipe(
+              Effect.andThen(end(protocolError("internal", "internal error; reconnect and resume")))
+            )
+            : Effect.void
+        ),
+        Effect.andThen(Deferred.succeed(fatal, undefined))
+      )
     )
     const reason = yield* Deferred.await(fatal)
     yield* Fiber.interrupt(sessionFiber)

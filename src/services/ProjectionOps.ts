@@ -112,29 +112,35 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
           const drifted: Array<DriftedEntity> = []
           for (let i = 0; i < ids.length; i += BATCH) {
             const batch = ids.slice(i, i + BATCH)
-            const events = kind === "run"
-              ? yield* sql<EventRow>`
-                SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at
-                FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
-                WHERE e.run_id IN ${sql.in(batch)} ORDER BY e.run_id, e.seq`
-              : yield* sql<EventRow>`
-                SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at
-                FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)
-                WHERE e.worker_id IN ${sql.in(batch)} ORDER BY e.worker_id, e.seq`
-            const docKeys = batch.map(kind === "run" ? runDocKey : workerDocKey)
-            const models = new Map(
-              // The hash of the stored bytes, not only the recorded doc_hash: both must match.
-              (yield* sql<{ entity_id: string; doc_hash: string; bytes_hash: string }>`
-                SELECT entity_id, doc_hash, encode(sha256(document), 'hex') AS bytes_hash
-                FROM runtime.read_models WHERE doc_key IN ${sql.in(docKeys)}`).map((
-                  r
-                ) => [r.entity_id, r])
-            )
-            const checkpoints = new Map(
-              (yield* sql<{ entity_id: string; doc_hash: string; last_seq: bigint }>`
-                SELECT entity_id, doc_hash, last_seq FROM runtime.projection_checkpoints
-                WHERE entity_kind = ${kind} AND entity_id IN ${sql.in(batch)}`).map((r) => [r.entity_id, r])
-            )
+            // One consistent snapshot per batch: a command committing between the reads would
+            // otherwise look like drift.
+            const { events, models, checkpoints } = yield* sql.withTransaction(Effect.gen(function*() {
+              yield* sql`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY`
+              const events = kind === "run"
+                ? yield* sql<EventRow>`
+                  SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at
+                  FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
+                  WHERE e.run_id IN ${sql.in(batch)} ORDER BY e.run_id, e.seq`
+                : yield* sql<EventRow>`
+                  SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at
+                  FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)
+                  WHERE e.worker_id IN ${sql.in(batch)} ORDER BY e.worker_id, e.seq`
+              const docKeys = batch.map(kind === "run" ? runDocKey : workerDocKey)
+              const models = new Map(
+                // The hash of the stored bytes, not only the recorded doc_hash: both must match.
+                (yield* sql<{ entity_id: string; doc_hash: string; bytes_hash: string }>`
+                  SELECT entity_id, doc_hash, encode(sha256(document), 'hex') AS bytes_hash
+                  FROM runtime.read_models WHERE doc_key IN ${sql.in(docKeys)}`).map((
+                    r
+                  ) => [r.entity_id, r])
+              )
+              const checkpoints = new Map(
+                (yield* sql<{ entity_id: string; doc_hash: string; last_seq: bigint }>`
+                  SELECT entity_id, doc_hash, last_seq FROM runtime.projection_checkpoints
+                  WHERE entity_kind = ${kind} AND entity_id IN ${sql.in(batch)}`).map((r) => [r.entity_id, r])
+              )
+              return { events, models, checkpoints }
+            }))
             const histories = kind === "run" ? groupBy(events, runRecord) : groupBy(events, workerRecord)
             for (const id of batch) {
               const history = histories.get(id) ?? []
