@@ -103,11 +103,12 @@ export class EventStore extends Context.Service<EventStore, {
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
 
+      /** The owner's next ordinal, as a CTE: taken in the same statement as the event insert. */
       const nextOrdinal = (ownerUserId: string, stream: "runs" | "workers") =>
-        sql<{ last_ordinal: bigint }>`
+        sql`
           INSERT INTO runtime.owner_sequences (owner_user_id, stream, last_ordinal) VALUES (${ownerUserId}, ${stream}, 1)
           ON CONFLICT (owner_user_id, stream) DO UPDATE SET last_ordinal = runtime.owner_sequences.last_ordinal + 1
-          RETURNING last_ordinal`.pipe(Effect.map(([r]) => Number(r!.last_ordinal)))
+          RETURNING last_ordinal`
 
       const runRow = (runId: string, forUpdate: boolean) =>
         (forUpdate
@@ -156,11 +157,11 @@ export class EventStore extends Context.Service<EventStore, {
             ON CONFLICT (run_id) DO NOTHING
             RETURNING run_id, owner_user_id, status, last_seq`.pipe(Effect.map(([r]) => (r ? toRunRow(r) : undefined))),
         appendRunEvent: Effect.fn("EventStore.appendRunEvent")(function*(e: NewEvent<RunEventType>) {
-          const ordinal = yield* nextOrdinal(e.ownerUserId, "runs")
           const [row] = yield* sql<EventRow>`
+            WITH o AS (${nextOrdinal(e.ownerUserId, "runs")})
             INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
-            VALUES (${e.entityId}, ${e.seq}, ${ordinal}, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
-                    ${new Date(e.occurredAtMs)}, ${e.requestId ?? null})
+            SELECT ${e.entityId}, ${e.seq}, o.last_ordinal, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
+                   ${new Date(e.occurredAtMs)}, ${e.requestId ?? null} FROM o
             RETURNING seq, type, payload::text AS payload, occurred_at`
           return toRunRecord(e.entityId, e.ownerUserId)(row!)
         }),
@@ -193,11 +194,11 @@ export class EventStore extends Context.Service<EventStore, {
               SELECT worker_id, owner_user_id, status, last_seq, last_heartbeat_at FROM runtime.codex_workers
               WHERE owner_user_id = ${ownerUserId} ORDER BY worker_id`).pipe(Effect.map((rows) => rows.map(toWorkerRow))),
         appendWorkerEvent: Effect.fn("EventStore.appendWorkerEvent")(function*(e: NewEvent<WorkerEventType>) {
-          const ordinal = yield* nextOrdinal(e.ownerUserId, "workers")
           const [row] = yield* sql<EventRow>`
+            WITH o AS (${nextOrdinal(e.ownerUserId, "workers")})
             INSERT INTO runtime.codex_worker_events (worker_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
-            VALUES (${e.entityId}, ${e.seq}, ${ordinal}, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
-                    ${new Date(e.occurredAtMs)}, ${e.requestId ?? null})
+            SELECT ${e.entityId}, ${e.seq}, o.last_ordinal, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
+                   ${new Date(e.occurredAtMs)}, ${e.requestId ?? null} FROM o
             RETURNING seq, type, payload::text AS payload, occurred_at`
           return toWorkerRecord(e.entityId, e.ownerUserId)(row!)
         }),

@@ -96,13 +96,24 @@ export class Projector extends Context.Service<Projector, {
           const hash = sha256Hex(bytes)
           const changed = hash !== prevRow?.doc_hash
           const docVersion = Number(prevRow?.doc_version ?? 0) + (changed ? 1 : 0)
+          // The checkpoint always; the read model only when its content changed — one statement.
+          const checkpoint = sql`
+            INSERT INTO runtime.projection_checkpoints (entity_kind, entity_id, last_seq, doc_hash, projection_version)
+            VALUES (${spec.entityKind}, ${spec.entityId}, ${spec.seq}, ${hash}, ${PROJECTION_VERSION})
+            ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
+              projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
           if (changed) {
             yield* sql`
-              INSERT INTO runtime.read_models (doc_key, kind, entity_id, owner_user_id, doc_version, document, doc_hash)
-              VALUES (${spec.docKey}, ${SUMMARY_KIND[spec.entityKind]}, ${spec.entityId}, ${spec.ownerUserId},
-                      ${docVersion}, ${bytes}, ${hash})
-              ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
-                doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`
+              WITH rm AS (
+                INSERT INTO runtime.read_models (doc_key, kind, entity_id, owner_user_id, doc_version, document, doc_hash)
+                VALUES (${spec.docKey}, ${SUMMARY_KIND[spec.entityKind]}, ${spec.entityId}, ${spec.ownerUserId},
+                        ${docVersion}, ${bytes}, ${hash})
+                ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
+                  doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()
+              )
+              ${checkpoint}`
+          } else {
+            yield* checkpoint
           }
           const drafts: Array<JournalDraft> = spec.eventDraft ? [spec.eventDraft] : []
           if (changed) {
@@ -118,11 +129,6 @@ export class Projector extends Context.Service<Projector, {
             }
           }
           const topicSeqs = yield* journal.append(drafts, spec.committedAtMs, spec.options)
-          yield* sql`
-            INSERT INTO runtime.projection_checkpoints (entity_kind, entity_id, last_seq, doc_hash, projection_version)
-            VALUES (${spec.entityKind}, ${spec.entityId}, ${spec.seq}, ${hash}, ${PROJECTION_VERSION})
-            ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
-              projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
           return { doc, docVersion, changed, topicSeqs }
         })
 
