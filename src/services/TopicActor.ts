@@ -84,6 +84,8 @@ export interface TopicActorHandle {
   /** Highest notified seq not yet read; coalesces notifications. */
   pendingNotifySeq: number
   notifyQueued: boolean
+  /** A Resync could not be enqueued (mailbox full): the next Notify performs it. */
+  resyncPending: boolean
   /** Subscriptions holding this actor (joined or joining). */
   refCount: number
 }
@@ -280,6 +282,12 @@ export const runTopicActor = (options: {
       if (next === undefined) {
         if (options.tryRetire()) return
         continue
+      }
+      if (handle.resyncPending) {
+        handle.resyncPending = false
+        yield* handleMessage({ _tag: "Resync", epoch: undefined }).pipe(
+          Effect.catch(() => Effect.sync(() => void (handle.resyncPending = true)))
+        )
       }
       yield* handleMessage(next).pipe(
         Effect.catchTag("SqlError", (e) =>

@@ -72,6 +72,7 @@ export class TopicHub extends Context.Service<TopicHub, {
             stats: { subscribers: 0, deliveredFrames: 0, deliveredBytes: 0, evictions: 0, headSeq: 0 },
             pendingNotifySeq: 0,
             notifyQueued: false,
+            resyncPending: false,
             refCount: 0
           }
           // Registered before the actor reads its position: no notification can fall between.
@@ -125,7 +126,10 @@ export class TopicHub extends Context.Service<TopicHub, {
 
       const resyncAll = (epoch: string | undefined) =>
         Effect.sync(() => {
-          for (const handle of actors.values()) Queue.offerUnsafe(handle.mailbox, { _tag: "Resync", epoch })
+          for (const handle of actors.values()) {
+            // A full mailbox must not lose a resync: the actor checks the flag after every message.
+            if (!Queue.offerUnsafe(handle.mailbox, { _tag: "Resync", epoch })) handle.resyncPending = true
+          }
         })
 
       const report = (limit: number) =>

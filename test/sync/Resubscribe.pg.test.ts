@@ -38,6 +38,7 @@ describe("resubscribe", () => {
       await writer
       const head = 42 + 10 * (subprotocol === "khala.v1.proto" ? 1 : 2)
       await c.until((fs) => afterFinal(fs).some((f) => f.case === "updates" && seqsOf([f]).at(-1) === head), 15_000, "final subscription at head")
+      await c.until((fs) => afterFinal(fs).some((f) => f.case === "caughtUp"), 15_000, "final CaughtUp")
       // Nothing after the last Unsubscribed belongs to an earlier subscription.
       const after = afterFinal(c.frames)
       assert.deepStrictEqual(seqsOf(after), Array.from({ length: head }, (_, i) => i + 1))
