@@ -32,7 +32,6 @@ import {
   chunkUpdates,
   decodeClientFrame,
   type EncodedFrame,
-  encodedFrameBytes,
   encodeServerFrame,
   errorFrame,
   goodbyeFrame,
@@ -131,13 +130,11 @@ export const runConnection = (port: SocketPort) =>
     // ---- writer: drains the outbound queue into the socket, watching its buffer
     const writer = Effect.gen(function*() {
       while (true) {
-        const frames = yield* outbound.takeAll
-        if (frames === undefined) return
-        yield* port.write(frames)
-        let bytes = 0
-        for (const f of frames) bytes += encodedFrameBytes(f)
-        yield* Metric.update(deliveredFrames, frames.length)
-        yield* Metric.update(deliveredBytes, bytes)
+        const batch = yield* outbound.takeAll
+        if (batch === undefined) return
+        yield* port.write(batch.frames)
+        yield* Metric.update(deliveredFrames, batch.frames.length)
+        yield* Metric.update(deliveredBytes, batch.bytes)
         if (outbound.isOverSoftBound) {
           const drained = yield* port.awaitDrain.pipe(
             Effect.timeoutOption(Duration.millis(config.slowConsumerGraceMs)),
@@ -249,9 +246,9 @@ export const runConnection = (port: SocketPort) =>
       const subscriber: Subscriber = {
         connectionId,
         subprotocol,
-        offer: (frame) => {
+        offer: (frame, bytes) => {
           if (!active) return true // unsubscribed: drop silently (the actor will get our Leave)
-          if (outbound.offer(frame)) return true
+          if (outbound.offer(frame, bytes)) return true
           slowConsumer()
           return false
         },

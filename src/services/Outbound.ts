@@ -60,10 +60,9 @@ export class Outbound {
     }
   }
 
-  /** Live delivery: false ⇒ over the hard bound (caller evicts); never blocks. */
-  offer(frame: EncodedFrame): boolean {
+  /** Live delivery: false ⇒ over the hard bound (caller evicts); never blocks. `size`: if known. */
+  offer(frame: EncodedFrame, size: number = encodedFrameBytes(frame)): boolean {
     if (this.closed) return false
-    const size = encodedFrameBytes(frame)
     if (this.frames.length >= this.limits.maxFrames || this.pendingBytes + size > 2 * this.limits.maxBytes) return false
     this.push(frame, size)
     return true
@@ -108,22 +107,23 @@ export class Outbound {
     for (const w of waiters) w()
   }
 
-  /** Everything queued (at least one frame); `undefined` once closed and empty. */
-  takeAll: Effect.Effect<ReadonlyArray<EncodedFrame> | undefined> = Effect.suspend(() => {
-    if (this.frames.length > 0) {
-      const frames = this.frames
-      this.frames = []
-      this.queuedBytes = 0
-      return Effect.succeed(frames)
-    }
-    if (this.closed) return Effect.succeed(undefined)
-    return Effect.callback<void>((resume) => {
-      this.takeWaiter = () => resume(Effect.void)
-      return Effect.sync(() => {
-        this.takeWaiter = undefined
-      })
-    }).pipe(Effect.andThen(this.takeAll))
-  })
+  /** Everything queued (at least one frame) and its total size; `undefined` once closed and empty. */
+  takeAll: Effect.Effect<{ readonly frames: ReadonlyArray<EncodedFrame>; readonly bytes: number } | undefined> =
+    Effect.suspend(() => {
+      if (this.frames.length > 0) {
+        const batch = { frames: this.frames, bytes: this.queuedBytes }
+        this.frames = []
+        this.queuedBytes = 0
+        return Effect.succeed(batch)
+      }
+      if (this.closed) return Effect.succeed(undefined)
+      return Effect.callback<void>((resume) => {
+        this.takeWaiter = () => resume(Effect.void)
+        return Effect.sync(() => {
+          this.takeWaiter = undefined
+        })
+      }).pipe(Effect.andThen(this.takeAll))
+    })
 
   /** No more frames are accepted; queued ones still drain; waiters are released. */
   close(): void {

@@ -14,7 +14,7 @@
  *   stays bounded no matter how fast commits arrive.
  */
 import { create } from "@bufbuild/protobuf"
-import { Deferred, Effect, Metric, Queue, Schedule } from "effect"
+import { Deferred, Effect, Queue, Schedule } from "effect"
 import { CaughtUpSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import {
   chunkUpdates,
@@ -25,14 +25,13 @@ import {
 } from "../domain/Protocol.ts"
 import type { SqlError } from "effect/sql/SqlError"
 import type { Journal, StoredEntry } from "./Journal.ts"
-import { deliveredBytes, deliveredFrames } from "./Metrics.ts"
 
 /** What a connection exposes to the actors of the topics it subscribes to. */
 export interface Subscriber {
   readonly connectionId: string
   readonly subprotocol: Subprotocol
-  /** Non-blocking; false ⇒ the connection is over its bound and evicts itself. */
-  readonly offer: (frame: EncodedFrame) => boolean
+  /** Non-blocking; false ⇒ the connection is over its bound and evicts itself. `bytes` is the frame's size. */
+  readonly offer: (frame: EncodedFrame, bytes: number) => boolean
   /** The topic's journal epoch changed under this subscription: it is over (stale_cursor). */
   readonly onEpochChanged: (topic: string) => void
 }
@@ -127,10 +126,15 @@ export const runTopicActor = (options: {
       if (excess > 0) ring.splice(0, excess)
     }
 
-    const send = (ls: LiveSubscriber, frame: EncodedFrame) => {
-      if (ls.subscriber.offer(frame)) {
+    /** A frame with its size, measured once however many subscribers it goes to. */
+    type Sized = { readonly frame: EncodedFrame; readonly bytes: number }
+    const sized = (frames: ReadonlyArray<EncodedFrame>): Array<Sized> =>
+      frames.map((frame) => ({ frame, bytes: encodedFrameBytes(frame) }))
+
+    const send = (ls: LiveSubscriber, f: Sized) => {
+      if (ls.subscriber.offer(f.frame, f.bytes)) {
         handle.stats.deliveredFrames++
-        handle.stats.deliveredBytes += encodedFrameBytes(frame)
+        handle.stats.deliveredBytes += f.bytes
         return true
       }
       handle.stats.evictions++
@@ -140,45 +144,39 @@ export const runTopicActor = (options: {
     }
 
     const framesFor = (subprotocol: Subprotocol, entries: ReadonlyArray<StoredEntry>, replay: boolean) =>
-      chunkUpdates(subprotocol, { topic, epoch, replay }, entries, {
+      sized(chunkUpdates(subprotocol, { topic, epoch, replay }, entries, {
         maxItems: settings.maxItemsPerFrame,
         maxFrameBytes: settings.maxFrameBytes
-      })
+      }))
 
-    /** Sends entries to every live subscriber: one encoding per subprotocol for the common case. */
-    const deliver = (entries: ReadonlyArray<StoredEntry>) =>
-      Effect.gen(function*() {
-        if (entries.length === 0 || live.size === 0) return
-        const first = entries[0]!.seq
-        const last = entries[entries.length - 1]!.seq
-        const shared = new Map<Subprotocol, Array<EncodedFrame>>()
-        let frames = 0
-        let bytes = 0
-        for (const ls of [...live.values()]) {
-          if (ls.lastSent >= last) continue
-          let out: Array<EncodedFrame>
-          if (ls.lastSent < first) {
-            out = shared.get(ls.subscriber.subprotocol) ?? framesFor(ls.subscriber.subprotocol, entries, false)
-            shared.set(ls.subscriber.subprotocol, out)
-          } else {
-            out = framesFor(ls.subscriber.subprotocol, entries.filter((e) => e.seq > ls.lastSent), false)
-          }
-          let ok = true
-          for (const f of out) {
-            if (!send(ls, f)) {
-              ok = false
-              break
-            }
-            frames++
-            bytes += encodedFrameBytes(f)
-          }
-          if (ok) ls.lastSent = last
+    /**
+     * Sends entries to every live subscriber: one encoding per subprotocol for the common case.
+     * (Socket-level delivery metrics are counted by each connection's writer, once.)
+     */
+    const deliver = (entries: ReadonlyArray<StoredEntry>) => {
+      if (entries.length === 0 || live.size === 0) return
+      const first = entries[0]!.seq
+      const last = entries[entries.length - 1]!.seq
+      const shared = new Map<Subprotocol, Array<Sized>>()
+      for (const ls of [...live.values()]) {
+        if (ls.lastSent >= last) continue
+        let out: Array<Sized>
+        if (ls.lastSent < first) {
+          out = shared.get(ls.subscriber.subprotocol) ?? framesFor(ls.subscriber.subprotocol, entries, false)
+          shared.set(ls.subscriber.subprotocol, out)
+        } else {
+          out = framesFor(ls.subscriber.subprotocol, entries.filter((e) => e.seq > ls.lastSent), false)
         }
-        if (frames > 0) {
-          yield* Metric.update(deliveredFrames, frames)
-          yield* Metric.update(deliveredBytes, bytes)
+        let ok = true
+        for (const f of out) {
+          if (!send(ls, f)) {
+            ok = false
+            break
+          }
         }
-      })
+        if (ok) ls.lastSent = last
+      }
+    }
 
     /** Reads the journal from `head` up to at least `target` (or until it is exhausted). */
     const readUpTo = (target: number) =>
@@ -190,7 +188,7 @@ export const runTopicActor = (options: {
           // head while subscribers hold positions; take what is there.
           head = rows[rows.length - 1]!.seq
           pushRing(rows)
-          yield* deliver(rows)
+          deliver(rows)
         }
         handle.stats.headSeq = head
       })
@@ -230,13 +228,13 @@ export const runTopicActor = (options: {
         const caughtUpSeq = Math.max(m.lastSeq, missing.length > 0 ? missing[missing.length - 1]!.seq : 0)
         if (ok) {
           ls.lastSent = caughtUpSeq
-          const caughtUp = encodeServerFrame(
+          const [caughtUp] = sized([encodeServerFrame(
             m.subscriber.subprotocol,
             create(ServerFrameSchema, {
               frame: { case: "caughtUp", value: create(CaughtUpSchema, { topic, seq: BigInt(caughtUpSeq) }) }
             })
-          )
-          if (send(ls, caughtUp)) live.set(m.subscriber, ls)
+          )])
+          if (send(ls, caughtUp!)) live.set(m.subscriber, ls)
         }
         handle.stats.subscribers = live.size
         yield* Deferred.succeed(m.reply, { _tag: "Joined", caughtUpSeq } as const)
