@@ -43,13 +43,32 @@ export interface NewEvent<T> {
 }
 
 /** Payloads are read as text and parsed with `parsePayload` (see domain/SafeJson.ts for why). */
-type EventRow = { seq: bigint; type: string; payload: string; occurred_at: Date }
+export type EventRow = { seq: bigint; type: string; payload: string; occurred_at: Date }
 
 /** A stored payload (always a JSON object: commands only store objects). */
 export const parsePayload = (text: string): JsonObject => {
   const value = parseJson(text)
   return isJsonObject(value) ? value : {}
 }
+
+/** A stored run event row → the record the projector applies (live, drift and rebuild alike). */
+export const toRunRecord = (runId: string, ownerUserId: string) => (r: EventRow): RunEventRecord => ({
+  runId,
+  ownerUserId,
+  seq: Number(r.seq),
+  type: r.type as RunEventType,
+  payload: parsePayload(r.payload),
+  occurredAtMs: r.occurred_at.getTime()
+})
+
+export const toWorkerRecord = (workerId: string, ownerUserId: string) => (r: EventRow): WorkerEventRecord => ({
+  workerId,
+  ownerUserId,
+  seq: Number(r.seq),
+  type: r.type as WorkerEventType,
+  payload: parsePayload(r.payload),
+  occurredAtMs: r.occurred_at.getTime()
+})
 
 const toRunRow = (r: { run_id: string; owner_user_id: string; status: string; last_seq: bigint }): RunRow => ({
   runId: r.run_id,
@@ -129,23 +148,6 @@ export class EventStore extends Context.Service<EventStore, {
             FROM runtime.codex_workers WHERE worker_id = ${workerId}`).pipe(
             Effect.map(([r]) => (r ? toWorkerRow(r) : undefined))
           )
-
-      const toRunRecord = (runId: string, ownerUserId: string) => (r: EventRow): RunEventRecord => ({
-        runId,
-        ownerUserId,
-        seq: Number(r.seq),
-        type: r.type as RunEventType,
-        payload: parsePayload(r.payload),
-        occurredAtMs: r.occurred_at.getTime()
-      })
-      const toWorkerRecord = (workerId: string, ownerUserId: string) => (r: EventRow): WorkerEventRecord => ({
-        workerId,
-        ownerUserId,
-        seq: Number(r.seq),
-        type: r.type as WorkerEventType,
-        payload: parsePayload(r.payload),
-        occurredAtMs: r.occurred_at.getTime()
-      })
 
       return EventStore.of({
         lockRun: (runId) => runRow(runId, true),

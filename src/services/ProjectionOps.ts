@@ -13,11 +13,11 @@ import { Clock, Context, Effect, Layer, Metric } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { encodeRunSummary, encodeWorkerSummary, sha256Hex } from "../domain/Documents.ts"
-import { projectRunHistory, runDocKey, type RunEventRecord, type RunEventType } from "../domain/RunProjection.ts"
-import { projectWorkerHistory, workerDocKey, type WorkerEventRecord, type WorkerEventType } from "../domain/WorkerProjection.ts"
+import { projectRunHistory, runDocKey, type RunEventRecord } from "../domain/RunProjection.ts"
+import { projectWorkerHistory, workerDocKey, type WorkerEventRecord } from "../domain/WorkerProjection.ts"
 import { JOURNAL_CHANNEL, type JournalEntryTooLarge } from "./Journal.ts"
 import { projectionDriftTotal } from "./Metrics.ts"
-import { parsePayload } from "./EventStore.ts"
+import { type EventRow as StoredEventRow, toRunRecord, toWorkerRecord } from "./EventStore.ts"
 import { Projector } from "./Projector.ts"
 
 export interface DriftedEntity {
@@ -47,15 +47,8 @@ export interface RebuildReport {
   readonly duration_ms: number
 }
 
-type EventRow = {
-  entity_id: string
-  owner_user_id: string
-  seq: bigint
-  type: string
-  /** jsonb as text, parsed with `parsePayload` */
-  payload: string
-  occurred_at: Date
-}
+/** An event row with its entity and owner (the queries here span many entities). */
+type EventRow = StoredEventRow & { entity_id: string; owner_user_id: string }
 
 const BATCH = 500
 
@@ -75,22 +68,8 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
       const sql = yield* SqlClient.SqlClient
       const projector = yield* Projector
 
-      const runRecord = (r: EventRow): RunEventRecord => ({
-        runId: r.entity_id,
-        ownerUserId: r.owner_user_id,
-        seq: Number(r.seq),
-        type: r.type as RunEventType,
-        payload: parsePayload(r.payload),
-        occurredAtMs: r.occurred_at.getTime()
-      })
-      const workerRecord = (r: EventRow): WorkerEventRecord => ({
-        workerId: r.entity_id,
-        ownerUserId: r.owner_user_id,
-        seq: Number(r.seq),
-        type: r.type as WorkerEventType,
-        payload: parsePayload(r.payload),
-        occurredAtMs: r.occurred_at.getTime()
-      })
+      const runRecord = (r: EventRow): RunEventRecord => toRunRecord(r.entity_id, r.owner_user_id)(r)
+      const workerRecord = (r: EventRow): WorkerEventRecord => toWorkerRecord(r.entity_id, r.owner_user_id)(r)
 
       const groupBy = <A>(rows: ReadonlyArray<EventRow>, f: (r: EventRow) => A) => {
         const out = new Map<string, Array<A>>()

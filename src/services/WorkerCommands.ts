@@ -17,6 +17,7 @@ import { ApiError, apiError } from "../domain/ApiError.ts"
 import { workerSummaryJson } from "../domain/Documents.ts"
 import { heartbeatView } from "../domain/Heartbeat.ts"
 import type { JsonObject } from "../domain/Json.ts"
+import type { SqlError } from "effect/sql/SqlError"
 import { isStorableString } from "../domain/SafeJson.ts"
 import {
   isTerminalWorkerStatus,
@@ -28,7 +29,7 @@ import { KhalaConfig } from "../layers/Config.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore, type WorkerRow } from "./EventStore.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
-import type { TopicSeqs } from "./Journal.ts"
+import type { JournalEntryTooLarge, TopicSeqs } from "./Journal.ts"
 import { Projector } from "./Projector.ts"
 import { ReadModels, type StoredDoc } from "./ReadModels.ts"
 import { checkId, checkPayload, IdempotencyKey, Payload } from "./RunCommands.ts"
@@ -150,6 +151,18 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
           )
           : Effect.void
 
+      /** The envelope of every command on an existing worker: transaction → lock (404) → idempotency. */
+      const onLockedWorker = (
+        command: string,
+        workerId: string,
+        scope: IdempotencyScope | undefined,
+        body: (row: WorkerRow) => Effect.Effect<CommandResult, ApiError | SqlError | JournalEntryTooLarge>
+      ) =>
+        runner.transact(
+          command,
+          Effect.flatMap(lockOr404(workerId), (row) => idempotency.guard(scope, body(row)))
+        )
+
       /** The transaction body shared by the append-style commands (events, heartbeat). */
       const appendCommand = (
         command: string,
@@ -161,23 +174,20 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         nowMs: number,
         requestId: string | undefined
       ) =>
-        runner.transact(
-          type,
-          Effect.flatMap(lockOr404(workerId), (row) =>
-            idempotency.guard(
-              scope,
-              Effect.gen(function*() {
-                yield* terminal409(row)
-                const out = yield* appendLocked(row, type, payload, occurredAtMs, nowMs, requestId)
-                return { status: 201, body: { worker_id: workerId, seq: out.seq, topic_seqs: out.topicSeqs } }
-              })
-            ))
-        ).pipe(Effect.annotateSpans({ "khala.command": command }))
+        onLockedWorker(type, workerId, scope, (row) =>
+          Effect.gen(function*() {
+            yield* terminal409(row)
+            const out = yield* appendLocked(row, type, payload, occurredAtMs, nowMs, requestId)
+            return { status: 201, body: { worker_id: workerId, seq: out.seq, topic_seqs: out.topicSeqs } }
+          })).pipe(Effect.annotateSpans({ "khala.command": command }))
 
       const summaryOf = (workerId: string) =>
         Effect.map(readModels.workerSummary(workerId), (d: StoredDoc<CodexWorkerSummary> | undefined) => d?.doc)
 
       const withSeqs = (snapshot: JsonObject, topicSeqs: TopicSeqs): JsonObject => ({ ...snapshot, topic_seqs: topicSeqs })
+      /** The response of a command that appended: the new snapshot plus the seqs it produced. */
+      const appendedSnapshot = (out: { row: WorkerRow; summary: CodexWorkerSummary; topicSeqs: TopicSeqs }, nowMs: number) =>
+        withSeqs(snapshotJson(out.row, out.summary, nowMs), out.topicSeqs)
 
       const create = Effect.fn("WorkerCommands.create")(function*(raw: unknown, requestId: string | undefined) {
         const body = yield* decodeBody(CreateWorkerBody, raw)
@@ -201,11 +211,11 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
                 }
                 if (inserted) {
                   const out = yield* appendLocked(row, "worker.created", { metadata }, now, now, requestId)
-                  return { status: 201, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
+                  return { status: 201, body: appendedSnapshot(out, now) }
                 }
                 if (isTerminalWorkerStatus(row.status)) {
                   const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
-                  return { status: 200, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
+                  return { status: 200, body: appendedSnapshot(out, now) }
                 }
                 return { status: 200, body: withSeqs(snapshotJson(row, yield* summaryOf(row.workerId), now), {}) }
               })
@@ -268,19 +278,13 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const body = yield* decodeBody(StopBody, raw ?? {})
         const now = yield* Clock.currentTimeMillis
         const scope = scopeOf(workerId, "worker.stop", body)
-        return yield* runner.transact(
-          "worker.stop",
-          Effect.flatMap(lockOr404(workerId), (row) =>
-            idempotency.guard(
-              scope,
-              Effect.gen(function*() {
-                yield* terminal409(row)
-                const payload: JsonObject = body.reason === undefined ? {} : { reason: body.reason }
-                const out = yield* appendLocked(row, "worker.stopped", payload, now, now, requestId)
-                return { status: 200, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
-              })
-            ))
-        )
+        return yield* onLockedWorker("worker.stop", workerId, scope, (row) =>
+          Effect.gen(function*() {
+            yield* terminal409(row)
+            const payload: JsonObject = body.reason === undefined ? {} : { reason: body.reason }
+            const out = yield* appendLocked(row, "worker.stopped", payload, now, now, requestId)
+            return { status: 200, body: appendedSnapshot(out, now) }
+          }))
       })
 
       const resume = Effect.fn("WorkerCommands.resume")(function*(
@@ -292,20 +296,14 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const body = yield* decodeBody(ResumeBody, raw ?? {})
         const now = yield* Clock.currentTimeMillis
         const scope = scopeOf(workerId, "worker.resume", body)
-        return yield* runner.transact(
-          "worker.resume",
-          Effect.flatMap(lockOr404(workerId), (row) =>
-            idempotency.guard(
-              scope,
-              Effect.gen(function*() {
-                if (!isTerminalWorkerStatus(row.status)) {
-                  return { status: 200, body: withSeqs(snapshotJson(row, yield* summaryOf(workerId), now), {}) }
-                }
-                const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
-                return { status: 200, body: withSeqs(snapshotJson(out.row, out.summary, now), out.topicSeqs) }
-              })
-            ))
-        )
+        return yield* onLockedWorker("worker.resume", workerId, scope, (row) =>
+          Effect.gen(function*() {
+            if (!isTerminalWorkerStatus(row.status)) {
+              return { status: 200, body: withSeqs(snapshotJson(row, yield* summaryOf(workerId), now), {}) }
+            }
+            const out = yield* appendLocked(row, "worker.resumed", {}, now, now, requestId)
+            return { status: 200, body: appendedSnapshot(out, now) }
+          }))
       })
 
       const get = Effect.fn("WorkerCommands.get")(function*(workerId: string) {
