@@ -126,8 +126,12 @@ describe("stale_cursor re-bootstrap (retention 5 entries per topic)", () => {
     const result = await Effect.runPromise(
       Effect.gen(function*() {
         const khala = yield* makeKhala({ url: node.ws, getToken: async () => token, subprotocol: "khala.v1.json" })
-        const collected = yield* khala.changes(topic).pipe(Stream.take(3), Stream.runCollect, Effect.forkChild)
-        yield* Effect.sleep("20 millis") // let the stream subscribe
+        // startImmediately: the stream subscribes before this fiber goes on (no sleep needed)
+        const collected = yield* khala.changes(topic).pipe(
+          Stream.take(3),
+          Stream.runCollect,
+          Effect.forkChild({ startImmediately: true })
+        )
         yield* khala.awaitSeq(topic, head, "10 seconds")
         const timeout = yield* khala.awaitSeq(topic, head + 100, "200 millis").pipe(Effect.flip)
         const appended = yield* Effect.promise(() => appendRun(node, "stale-2", { type: "run.step", payload: { n: 1 } }))

@@ -1,7 +1,9 @@
 /**
  * Subscribe → Unsubscribe → Subscribe of one topic in quick succession (a UI double-mount): after
  * `Unsubscribed`, nothing of the old subscription may arrive, and the new one gets each seq exactly
- * once, in order — even while the old one's hand-over to the topic actor was still in flight.
+ * once, in order. The window in which an old subscription's hand-over to the topic actor is still
+ * in flight is not forced here (it depends on scheduling), so this guards the sequence as a whole;
+ * the drop itself is `Subscriber.offer` returning early once a subscription is deactivated.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { appendRun, type Cluster, mintToken, startCluster } from "../support/Cluster.ts"
