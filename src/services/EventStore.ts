@@ -129,6 +129,20 @@ export class EventStore extends Context.Service<EventStore, {
           ON CONFLICT (owner_user_id, stream) DO UPDATE SET last_ordinal = runtime.owner_sequences.last_ordinal + 1
           RETURNING last_ordinal`
 
+      // Constant identifiers, spliced as SQL text.
+      const eventTable = { runs: sql.literal("runtime.run_events"), workers: sql.literal("runtime.codex_worker_events") }
+      const eventEntityColumn = { runs: sql.literal("run_id"), workers: sql.literal("worker_id") }
+
+      /** Inserts one authority event with the owner's next ordinal (one statement); reads it back. */
+      const insertEvent = (stream: "runs" | "workers", e: NewEvent<string>) =>
+        sql<EventRow>`
+          WITH o AS (${nextOrdinal(e.ownerUserId, stream)})
+          INSERT INTO ${eventTable[stream]} (${eventEntityColumn[stream]}, owner_ordinal, seq, type, payload, occurred_at,
+            request_id)
+          SELECT ${e.entityId}, o.last_ordinal, ${e.seq}, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
+                 ${new Date(e.occurredAtMs)}, ${e.requestId ?? null} FROM o
+          RETURNING seq, type, payload::text AS payload, occurred_at`.pipe(Effect.map(([row]) => row!))
+
       const runRow = (runId: string, forUpdate: boolean) =>
         (forUpdate
           ? sql<{ run_id: string; owner_user_id: string; status: string; last_seq: bigint }>`
@@ -159,13 +173,7 @@ export class EventStore extends Context.Service<EventStore, {
             ON CONFLICT (run_id) DO NOTHING
             RETURNING run_id, owner_user_id, status, last_seq`.pipe(Effect.map(([r]) => (r ? toRunRow(r) : undefined))),
         appendRunEvent: Effect.fn("EventStore.appendRunEvent")(function*(e: NewEvent<RunEventType>) {
-          const [row] = yield* sql<EventRow>`
-            WITH o AS (${nextOrdinal(e.ownerUserId, "runs")})
-            INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
-            SELECT ${e.entityId}, ${e.seq}, o.last_ordinal, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
-                   ${new Date(e.occurredAtMs)}, ${e.requestId ?? null} FROM o
-            RETURNING seq, type, payload::text AS payload, occurred_at`
-          return toRunRecord(e.entityId, e.ownerUserId)(row!)
+          return toRunRecord(e.entityId, e.ownerUserId)(yield* insertEvent("runs", e))
         }),
         setRunState: (runId, status, lastSeq) =>
           sql`UPDATE runtime.runs SET status = ${status}, last_seq = ${lastSeq} WHERE run_id = ${runId}`.pipe(Effect.asVoid),
@@ -196,13 +204,7 @@ export class EventStore extends Context.Service<EventStore, {
               SELECT worker_id, owner_user_id, status, last_seq, last_heartbeat_at FROM runtime.codex_workers
               WHERE owner_user_id = ${ownerUserId} ORDER BY worker_id`).pipe(Effect.map((rows) => rows.map(toWorkerRow))),
         appendWorkerEvent: Effect.fn("EventStore.appendWorkerEvent")(function*(e: NewEvent<WorkerEventType>) {
-          const [row] = yield* sql<EventRow>`
-            WITH o AS (${nextOrdinal(e.ownerUserId, "workers")})
-            INSERT INTO runtime.codex_worker_events (worker_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
-            SELECT ${e.entityId}, ${e.seq}, o.last_ordinal, ${e.type}, ${JSON.stringify(e.payload)}::jsonb,
-                   ${new Date(e.occurredAtMs)}, ${e.requestId ?? null} FROM o
-            RETURNING seq, type, payload::text AS payload, occurred_at`
-          return toWorkerRecord(e.entityId, e.ownerUserId)(row!)
+          return toWorkerRecord(e.entityId, e.ownerUserId)(yield* insertEvent("workers", e))
         }),
         setWorkerState: (workerId, status, lastSeq, heartbeatAtMs) =>
           (heartbeatAtMs === undefined
