@@ -36,7 +36,8 @@ export interface RunEventRecord {
   readonly occurredAtMs: number
 }
 
-const statusAfter = (current: RunStatus | undefined, type: RunEventType): RunStatus => {
+/** The status a run has after an event of `type` (the projection uses it; so do batch lifecycle checks). */
+export const runStatusAfter = (current: RunStatus | undefined, type: RunEventType): RunStatus => {
   switch (type) {
     case "run.created":
       return "created"
@@ -57,7 +58,7 @@ export const runEventDocKey = (runId: string, seq: number) => `run_event:${runId
 
 /** previous summary + event → next summary. */
 export const projectRun = (prev: RunSummary | undefined, event: RunEventRecord): RunSummary => {
-  const status = statusAfter(prev?.status as RunStatus | undefined, event.type)
+  const status = runStatusAfter(prev?.status as RunStatus | undefined, event.type)
   const at = timestampFromMs(event.occurredAtMs)
   return create(RunSummarySchema, {
     runId: event.runId,

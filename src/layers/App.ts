@@ -16,6 +16,7 @@ import { ProjectionOps } from "../services/ProjectionOps.ts"
 import { Projector } from "../services/Projector.ts"
 import { ReadModels } from "../services/ReadModels.ts"
 import { RunCommands } from "../services/RunCommands.ts"
+import { RunEventBatches } from "../services/RunEventBatches.ts"
 import { TokenIssuer } from "../services/TokenIssuer.ts"
 import { TokenVerifier } from "../services/TokenVerifier.ts"
 import { TopicAccess } from "../services/TopicAccess.ts"
@@ -45,7 +46,7 @@ const BaseServices = Layer.mergeAll(
 )
 
 /** All services; requires `SqlClient`/`PgClient` and `KhalaConfig`. */
-export const ServicesLive = Layer.mergeAll(RunCommands.layer, WorkerCommands.layer, ProjectionOps.layer).pipe(
+export const ServicesLive = Layer.mergeAll(RunCommands.layer, RunEventBatches.layer, WorkerCommands.layer, ProjectionOps.layer).pipe(
   Layer.provideMerge(Projector.layer),
   Layer.provideMerge(BaseServices)
 )

@@ -9,7 +9,7 @@ import { SqlClient } from "effect/sql"
 import { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
-import type { JournalEntryTooLarge } from "./Journal.ts"
+import { JournalEntryTooLarge } from "./Journal.ts"
 import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
 
 export interface CommandResult {
@@ -18,23 +18,28 @@ export interface CommandResult {
 }
 
 export class CommandRunner extends Context.Service<CommandRunner, {
-  readonly transact: <A extends CommandResult, R>(
+  /**
+   * Runs `body` in one transaction. Database failures become a retryable 500, an oversized
+   * journal entry a 413; any other failure `E` (an ApiError, or a caller's own signal) rolls the
+   * transaction back and is passed through.
+   */
+  readonly transact: <A extends CommandResult, E, R>(
     command: string,
-    body: Effect.Effect<A, ApiError | SqlError | JournalEntryTooLarge, R>
-  ) => Effect.Effect<A, ApiError, R>
+    body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>
+  ) => Effect.Effect<A, E | ApiError, R>
 }>()("khala/services/CommandRunner") {
   static readonly layer = Layer.effect(
     CommandRunner,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const transact = <A extends CommandResult, R>(
+      const transact = <A extends CommandResult, E, R>(
         command: string,
-        body: Effect.Effect<A, ApiError | SqlError | JournalEntryTooLarge, R>
-      ) =>
+        body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>
+      ): Effect.Effect<A, E | ApiError, R> =>
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
           const result = yield* sql.withTransaction(body).pipe(
-            Effect.catchTag("JournalEntryTooLarge", (e) =>
+            Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
               Effect.fail(
                 apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
                   limit_bytes: e.limit
@@ -49,7 +54,10 @@ export class CommandRunner extends Context.Service<CommandRunner, {
                 )
             ),
             Effect.tapError((e) =>
-              Metric.update(Metric.withAttributes(commandsTotal, { command, outcome: e.code }), 1)
+              Metric.update(
+                Metric.withAttributes(commandsTotal, { command, outcome: e instanceof ApiError ? e.code : "retried" }),
+                1
+              )
             )
           )
           const end = yield* Clock.currentTimeMillis

@@ -31,6 +31,8 @@ export const FRAME_OVERHEAD_BYTES = 1024
 /** An entry whose encoding would not fit in one frame of `max_frame_bytes` (→ HTTP 413). */
 export class JournalEntryTooLarge extends Schema.TaggedError<JournalEntryTooLarge>()("JournalEntryTooLarge", {
   topic: Schema.String,
+  /** Index of the offending draft in the appended list. */
+  draft: Schema.Number,
   bytes: Schema.Number,
   limit: Schema.Number
 }) {}
@@ -63,6 +65,15 @@ export interface TopicPosition {
 /** `{topic: last seq appended to it}` for one command. */
 export type TopicSeqs = Record<string, number>
 
+/** What an append allocated: the seq of each draft (input order) and the last seq per topic. */
+export interface Appended {
+  readonly seqs: ReadonlyArray<number>
+  readonly topicSeqs: TopicSeqs
+}
+
+/** Rows per INSERT statement (11 parameters each; Postgres allows 65535 per statement). */
+const INSERT_CHUNK_ROWS = 2000
+
 export class Journal extends Context.Service<Journal, {
   /** Appends drafts (in order) inside the current transaction; returns the last seq per topic. */
   readonly append: (
@@ -70,7 +81,12 @@ export class Journal extends Context.Service<Journal, {
     committedAtMs: number,
     options?: { readonly notify: boolean }
   ) => Effect.Effect<TopicSeqs, SqlError | JournalEntryTooLarge>
-  /** Entries with seq > afterSeq, ascending, at most `limit`. */
+  /** `append` that also returns each draft's seq (batched commands answer per item). */
+  readonly appendAll: (
+    drafts: ReadonlyArray<JournalDraft>,
+    committedAtMs: number,
+    options?: { readonly notify: boolean }
+  ) => Effect.Effect<Appended, SqlError | JournalEntryTooLarge>
   /**
    * Entries with seq > afterSeq, ascending, at most `limit`. `encoding` selects the stored
    * encodings to fetch: a replay for one subprotocol reads only its own column (the other field is
@@ -92,25 +108,23 @@ export class Journal extends Context.Service<Journal, {
       const { maxFrameBytes } = yield* KhalaConfig
       const maxEntryBytes = maxFrameBytes - FRAME_OVERHEAD_BYTES
 
-      const append = Effect.fn("Journal.append")(function*(
+      const appendAll = Effect.fn("Journal.append")(function*(
         drafts: ReadonlyArray<JournalDraft>,
         committedAtMs: number,
         options?: { readonly notify: boolean }
       ) {
-        const byTopic = new Map<string, Array<JournalDraft>>()
-        for (const d of drafts) {
+        const byTopic = new Map<string, Array<number>>()
+        drafts.forEach((d, i) => {
           const list = byTopic.get(d.topic)
-          if (list) list.push(d)
-          else byTopic.set(d.topic, [d])
-        }
+          if (list) list.push(i)
+          else byTopic.set(d.topic, [i])
+        })
+        const seqs = new Array<number>(drafts.length)
         const topicSeqs: TopicSeqs = {}
-        let tooLarge: { topic: string; bytes: number; limit: number } | undefined
-        const rows: Array<Record<string, unknown>> = []
-        if (byTopic.size === 0) return topicSeqs
-        // One statement allocates every topic's seqs, locking the sequence rows in draft order
-        // (entity topic first, then the user topic): every command locks them in the same relative
-        // order, so concurrent commands cannot deadlock.
-        const topics = [...byTopic.keys()]
+        if (byTopic.size === 0) return { seqs, topicSeqs }
+        // One statement allocates every topic's seqs, locking the sequence rows in topic-name order.
+        // Every writer (command, batch, retention) locks them in that order, so they cannot deadlock.
+        const topics = [...byTopic.keys()].sort()
         const counts = topics.map((t) => byTopic.get(t)!.length)
         const heads = new Map(
           (yield* sql<{ topic: string; head_seq: bigint }>`
@@ -120,12 +134,17 @@ export class Journal extends Context.Service<Journal, {
             ON CONFLICT (topic) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
             RETURNING s.topic, s.head_seq`).map((r) => [r.topic, Number(r.head_seq)])
         )
-        for (const [topic, list] of byTopic) {
-          const n = list.length
+        const rows: Array<Record<string, unknown>> = []
+        const committedAt = new Date(committedAtMs)
+        for (const [topic, indexes] of byTopic) {
           const head = heads.get(topic)!
           topicSeqs[topic] = head
-          list.forEach((d, i) => {
-            const seq = head - n + 1 + i
+          const first = head - indexes.length + 1
+          for (let k = 0; k < indexes.length; k++) {
+            const i = indexes[k]!
+            const d = drafts[i]!
+            const seq = first + k
+            seqs[i] = seq
             const update = create(UpdateSchema, {
               seq: BigInt(seq),
               kind: d.kind,
@@ -138,7 +157,9 @@ export class Journal extends Context.Service<Journal, {
             })
             const encoded = encodedUpdate(update)
             const bytes = Math.max(encoded.pb.byteLength, utf8ByteLength(encoded.json))
-            if (bytes > maxEntryBytes) tooLarge = { topic, bytes, limit: maxEntryBytes }
+            if (bytes > maxEntryBytes) {
+              return yield* new JournalEntryTooLarge({ topic, draft: i, bytes, limit: maxEntryBytes })
+            }
             rows.push({
               topic,
               seq,
@@ -147,22 +168,29 @@ export class Journal extends Context.Service<Journal, {
               doc_version: d.docVersion,
               schema_version: SCHEMA_VERSION,
               occurred_at: new Date(d.occurredAtMs),
-              committed_at: new Date(committedAtMs),
+              committed_at: committedAt,
               body: JSON.stringify(documentJson(d.body)),
               update_pb: encoded.pb,
               update_json: encoded.json
             })
-          })
+          }
         }
-        if (tooLarge) return yield* new JournalEntryTooLarge(tooLarge)
-        if (!Arr.isArrayNonEmpty(rows)) return topicSeqs
-        yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(rows)}`
-        if (options?.notify === false) return topicSeqs
+        for (let from = 0; from < rows.length; from += INSERT_CHUNK_ROWS) {
+          const chunk = rows.slice(from, from + INSERT_CHUNK_ROWS)
+          if (Arr.isArrayNonEmpty(chunk)) yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(chunk)}`
+        }
+        if (options?.notify === false) return { seqs, topicSeqs }
         // One statement for every topic of the command.
         const payloads = Object.entries(topicSeqs).map(([topic, head]) => `${head} ${committedAtMs} ${topic}`)
         yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, p) FROM unnest(${payloads}::text[]) AS p`
-        return topicSeqs
+        return { seqs, topicSeqs }
       })
+
+      const append = (
+        drafts: ReadonlyArray<JournalDraft>,
+        committedAtMs: number,
+        options?: { readonly notify: boolean }
+      ) => Effect.map(appendAll(drafts, committedAtMs, options), (a) => a.topicSeqs)
 
       const EMPTY = new Uint8Array(0)
       const read = (topic: string, afterSeq: number, limit: number, encoding: "pb" | "json" | "both" = "both") => {
@@ -196,7 +224,7 @@ export class Journal extends Context.Service<Journal, {
           })
         )
 
-      return Journal.of({ append, read, position, epoch })
+      return Journal.of({ append, appendAll, read, position, epoch })
     })
   )
 }

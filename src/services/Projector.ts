@@ -51,6 +51,125 @@ export interface ApplyOptions {
 
 export const SUMMARY_KIND = { run: "run.summary", worker: "worker.summary" } as const
 
+/** A document as stored: its version, content hash and decoded value. */
+export interface StoredDoc<Doc> {
+  readonly docVersion: number
+  readonly hash: string
+  readonly doc: Doc
+}
+
+/** How one entity kind projects: everything `projectStep` needs besides the previous document. */
+export interface ProjectionSpec<Doc> {
+  readonly entityKind: "run" | "worker"
+  readonly entityId: string
+  readonly ownerUserId: string
+  readonly seq: number
+  readonly occurredAtMs: number
+  readonly docKey: string
+  readonly encode: (doc: Doc) => Uint8Array
+  readonly project: (prev: Doc | undefined) => Doc
+  readonly summaryBody: (doc: Doc) => Update["body"]
+  /** The event's own journal entry (on the entity topic), if it has one. */
+  readonly eventDraft: JournalDraft | undefined
+  readonly summaryTopics: ReadonlyArray<string>
+}
+
+/** The outcome of applying one event to a document, before anything is written. */
+export interface ProjectionStep<Doc> extends StoredDoc<Doc> {
+  readonly bytes: Uint8Array
+  readonly changed: boolean
+  /** The event's entry, then a summary entry per summary topic if the content changed. */
+  readonly drafts: ReadonlyArray<JournalDraft>
+}
+
+/** previous stored document + event → next document and its journal drafts (pure). */
+export const projectStep = <Doc>(spec: ProjectionSpec<Doc>, prev: StoredDoc<Doc> | undefined): ProjectionStep<Doc> => {
+  const doc = spec.project(prev?.doc)
+  const bytes = spec.encode(doc)
+  const hash = sha256Hex(bytes)
+  const changed = hash !== prev?.hash
+  const docVersion = (prev?.docVersion ?? 0) + (changed ? 1 : 0)
+  const drafts: Array<JournalDraft> = spec.eventDraft ? [spec.eventDraft] : []
+  if (changed) {
+    for (const topic of spec.summaryTopics) {
+      drafts.push({
+        topic,
+        kind: SUMMARY_KIND[spec.entityKind],
+        docKey: spec.docKey,
+        docVersion,
+        occurredAtMs: spec.occurredAtMs,
+        body: spec.summaryBody(doc)
+      })
+    }
+  }
+  return { doc, bytes, hash, changed, docVersion, drafts }
+}
+
+/** The projection of one run event. */
+export const runProjectionSpec = (event: RunEventRecord): ProjectionSpec<RunSummary> => ({
+  entityKind: "run",
+  entityId: event.runId,
+  ownerUserId: event.ownerUserId,
+  seq: event.seq,
+  occurredAtMs: event.occurredAtMs,
+  docKey: runDocKey(event.runId),
+  encode: encodeRunSummary,
+  project: (prev) => projectRun(prev, event),
+  summaryBody: (doc) => ({ case: "runSummary", value: doc }),
+  eventDraft: {
+    topic: runTopic(event.runId),
+    kind: "run.event",
+    docKey: runEventDocKey(event.runId, event.seq),
+    docVersion: 1,
+    occurredAtMs: event.occurredAtMs,
+    body: {
+      case: "runEvent",
+      value: create(RunEventSchema, {
+        runId: event.runId,
+        seq: BigInt(event.seq),
+        type: event.type,
+        payload: event.payload,
+        occurredAt: timestampFromMs(event.occurredAtMs)
+      })
+    }
+  },
+  summaryTopics: [runTopic(event.runId), userRunsTopic(event.ownerUserId)]
+})
+
+/** The projection of one worker event. */
+export const workerProjectionSpec = (event: WorkerEventRecord): ProjectionSpec<CodexWorkerSummary> => ({
+  entityKind: "worker",
+  entityId: event.workerId,
+  ownerUserId: event.ownerUserId,
+  seq: event.seq,
+  occurredAtMs: event.occurredAtMs,
+  docKey: workerDocKey(event.workerId),
+  encode: encodeWorkerSummary,
+  project: (prev) => projectWorker(prev, event),
+  summaryBody: (doc) => ({ case: "workerSummary", value: doc }),
+  // Authority-only events (worker.created/resumed) show only as summary updates.
+  eventDraft: isWorkerTaxonomyType(event.type)
+    ? {
+      topic: workerTopic(event.workerId),
+      kind: event.type,
+      docKey: workerEventDocKey(event.workerId, event.seq),
+      docVersion: 1,
+      occurredAtMs: event.occurredAtMs,
+      body: {
+        case: "workerEvent",
+        value: create(WorkerEventSchema, {
+          workerId: event.workerId,
+          seq: BigInt(event.seq),
+          type: event.type,
+          payload: event.payload,
+          occurredAt: timestampFromMs(event.occurredAtMs)
+        })
+      }
+    }
+    : undefined,
+  summaryTopics: [workerTopic(event.workerId), userWorkersTopic(event.ownerUserId)]
+})
+
 export class Projector extends Context.Service<Projector, {
   readonly applyRun: (
     event: RunEventRecord,
@@ -70,44 +189,33 @@ export class Projector extends Context.Service<Projector, {
       const journal = yield* Journal
 
       /** The shared step: load → project → upsert if changed → journal → checkpoint. */
-      const apply = <Doc>(spec: {
-        readonly entityKind: "run" | "worker"
-        readonly entityId: string
-        readonly ownerUserId: string
-        readonly seq: number
-        readonly occurredAtMs: number
-        readonly docKey: string
-        readonly decode: (bytes: Uint8Array) => Doc
-        readonly encode: (doc: Doc) => Uint8Array
-        readonly project: (prev: Doc | undefined) => Doc
-        readonly summaryBody: (doc: Doc) => Update["body"]
-        /** The event's own journal entry (on the entity topic), if it has one. */
-        readonly eventDraft: JournalDraft | undefined
-        readonly summaryTopics: ReadonlyArray<string>
-        readonly committedAtMs: number
-        readonly options: ApplyOptions | undefined
-      }) =>
+      const apply = <Doc>(
+        spec: ProjectionSpec<Doc>,
+        decode: (bytes: Uint8Array) => Doc,
+        committedAtMs: number,
+        options: ApplyOptions | undefined
+      ) =>
         Effect.gen(function*() {
           const [prevRow] = yield* sql<{ doc_version: bigint; document: Uint8Array; doc_hash: string }>`
             SELECT doc_version, document, doc_hash FROM runtime.read_models WHERE doc_key = ${spec.docKey}`
-          const prev = prevRow ? spec.decode(prevRow.document) : undefined
-          const doc = spec.project(prev)
-          const bytes = spec.encode(doc)
-          const hash = sha256Hex(bytes)
-          const changed = hash !== prevRow?.doc_hash
-          const docVersion = Number(prevRow?.doc_version ?? 0) + (changed ? 1 : 0)
+          const step = projectStep(
+            spec,
+            prevRow
+              ? { docVersion: Number(prevRow.doc_version), hash: prevRow.doc_hash, doc: decode(prevRow.document) }
+              : undefined
+          )
           // The checkpoint always; the read model only when its content changed — one statement.
           const checkpoint = sql`
             INSERT INTO runtime.projection_checkpoints (entity_kind, entity_id, last_seq, doc_hash, projection_version)
-            VALUES (${spec.entityKind}, ${spec.entityId}, ${spec.seq}, ${hash}, ${PROJECTION_VERSION})
+            VALUES (${spec.entityKind}, ${spec.entityId}, ${spec.seq}, ${step.hash}, ${PROJECTION_VERSION})
             ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
               projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
-          if (changed) {
+          if (step.changed) {
             yield* sql`
               WITH rm AS (
                 INSERT INTO runtime.read_models (doc_key, kind, entity_id, owner_user_id, doc_version, document, doc_hash)
                 VALUES (${spec.docKey}, ${SUMMARY_KIND[spec.entityKind]}, ${spec.entityId}, ${spec.ownerUserId},
-                        ${docVersion}, ${bytes}, ${hash})
+                        ${step.docVersion}, ${step.bytes}, ${step.hash})
                 ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
                   doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()
               )
@@ -115,21 +223,8 @@ export class Projector extends Context.Service<Projector, {
           } else {
             yield* checkpoint
           }
-          const drafts: Array<JournalDraft> = spec.eventDraft ? [spec.eventDraft] : []
-          if (changed) {
-            for (const topic of spec.summaryTopics) {
-              drafts.push({
-                topic,
-                kind: SUMMARY_KIND[spec.entityKind],
-                docKey: spec.docKey,
-                docVersion,
-                occurredAtMs: spec.occurredAtMs,
-                body: spec.summaryBody(doc)
-              })
-            }
-          }
-          const topicSeqs = yield* journal.append(drafts, spec.committedAtMs, spec.options)
-          return { doc, docVersion, changed, topicSeqs }
+          const topicSeqs = yield* journal.append(step.drafts, committedAtMs, options)
+          return { doc: step.doc, docVersion: step.docVersion, changed: step.changed, topicSeqs }
         })
 
       const applyRun = Effect.fn("Projector.applyRun")(function*(
@@ -138,38 +233,7 @@ export class Projector extends Context.Service<Projector, {
         options?: ApplyOptions
       ) {
         yield* Effect.annotateCurrentSpan({ "khala.run_id": event.runId, "khala.seq": event.seq })
-        return yield* apply<RunSummary>({
-          entityKind: "run",
-          entityId: event.runId,
-          ownerUserId: event.ownerUserId,
-          seq: event.seq,
-          occurredAtMs: event.occurredAtMs,
-          docKey: runDocKey(event.runId),
-          decode: decodeRunSummary,
-          encode: encodeRunSummary,
-          project: (prev) => projectRun(prev, event),
-          summaryBody: (doc) => ({ case: "runSummary", value: doc }),
-          eventDraft: {
-            topic: runTopic(event.runId),
-            kind: "run.event",
-            docKey: runEventDocKey(event.runId, event.seq),
-            docVersion: 1,
-            occurredAtMs: event.occurredAtMs,
-            body: {
-              case: "runEvent",
-              value: create(RunEventSchema, {
-                runId: event.runId,
-                seq: BigInt(event.seq),
-                type: event.type,
-                payload: event.payload,
-                occurredAt: timestampFromMs(event.occurredAtMs)
-              })
-            }
-          },
-          summaryTopics: [runTopic(event.runId), userRunsTopic(event.ownerUserId)],
-          committedAtMs,
-          options
-        })
+        return yield* apply(runProjectionSpec(event), decodeRunSummary, committedAtMs, options)
       })
 
       const applyWorker = Effect.fn("Projector.applyWorker")(function*(
@@ -178,41 +242,7 @@ export class Projector extends Context.Service<Projector, {
         options?: ApplyOptions
       ) {
         yield* Effect.annotateCurrentSpan({ "khala.worker_id": event.workerId, "khala.seq": event.seq })
-        return yield* apply<CodexWorkerSummary>({
-          entityKind: "worker",
-          entityId: event.workerId,
-          ownerUserId: event.ownerUserId,
-          seq: event.seq,
-          occurredAtMs: event.occurredAtMs,
-          docKey: workerDocKey(event.workerId),
-          decode: decodeWorkerSummary,
-          encode: encodeWorkerSummary,
-          project: (prev) => projectWorker(prev, event),
-          summaryBody: (doc) => ({ case: "workerSummary", value: doc }),
-          // Authority-only events (worker.created/resumed) show only as summary updates.
-          eventDraft: isWorkerTaxonomyType(event.type)
-            ? {
-              topic: workerTopic(event.workerId),
-              kind: event.type,
-              docKey: workerEventDocKey(event.workerId, event.seq),
-              docVersion: 1,
-              occurredAtMs: event.occurredAtMs,
-              body: {
-                case: "workerEvent",
-                value: create(WorkerEventSchema, {
-                  workerId: event.workerId,
-                  seq: BigInt(event.seq),
-                  type: event.type,
-                  payload: event.payload,
-                  occurredAt: timestampFromMs(event.occurredAtMs)
-                })
-              }
-            }
-            : undefined,
-          summaryTopics: [workerTopic(event.workerId), userWorkersTopic(event.ownerUserId)],
-          committedAtMs,
-          options
-        })
+        return yield* apply(workerProjectionSpec(event), decodeWorkerSummary, committedAtMs, options)
       })
 
       return Projector.of({ applyRun, applyWorker })

@@ -11,10 +11,10 @@ import { runSummaryJson } from "../domain/Documents.ts"
 import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
 import { isStorableJson, isStorableString } from "../domain/SafeJson.ts"
-import { isRunEventType, RUN_EVENT_TYPES, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
+import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore } from "./EventStore.ts"
-import { Idempotency, requestHash } from "./Idempotency.ts"
+import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
 import { Projector } from "./Projector.ts"
 import { ReadModels } from "./ReadModels.ts"
 
@@ -47,6 +47,67 @@ export const checkPayload = (payload: unknown): Effect.Effect<JsonObject, ApiErr
     ? Effect.fail(apiError("invalid_request", "payload strings and keys must not contain NUL characters or lone surrogates"))
     : Effect.succeed(payload)
 
+/** A run event that passed request validation (shape, ids, type, payload, timestamps). */
+export interface ValidRunEvent {
+  readonly runId: string
+  readonly type: RunEventType
+  readonly payload: JsonObject
+  readonly body: typeof RunEventBody.Type
+  readonly occurredAtMs: number
+  readonly scope: IdempotencyScope | undefined
+}
+
+/** Request validation of one run event: 400 `invalid_request` with the reason, before any read. */
+export const validateRunEvent = (runId: string, raw: unknown, nowMs: number) =>
+  Effect.gen(function*() {
+    yield* checkId("run_id", runId)
+    const body = yield* decodeBody(RunEventBody, raw)
+    if (!isRunEventType(body.type)) {
+      return yield* apiError("invalid_request", `type must be one of ${RUN_EVENT_TYPES.join(", ")}`, {
+        type: body.type
+      })
+    }
+    const type = body.type
+    const payload = yield* checkPayload(body.payload)
+    if (type === "run.created") {
+      if (body.owner_user_id === undefined) {
+        return yield* apiError("invalid_request", "owner_user_id is required on run.created")
+      }
+      yield* checkId("owner_user_id", body.owner_user_id)
+    }
+    const occurredAtMs = yield* occurredAt(body.occurred_at, nowMs)
+    const scope: IdempotencyScope | undefined = body.idempotency_key === undefined ? undefined : {
+      entityKind: "run",
+      entityId: runId,
+      key: body.idempotency_key,
+      requestHash: requestHash("run.event", body)
+    }
+    return { runId, type, payload, body, occurredAtMs, scope } satisfies ValidRunEvent
+  })
+
+/**
+ * The lifecycle rules of an existing run (SPEC §2): a second `run.created` is 409
+ * `run_already_exists` (`createdNow`: this very command created the row); any event after a
+ * terminal one is 409 `run_terminal`.
+ */
+export const lifecycleRejection = (
+  runId: string,
+  status: string,
+  type: RunEventType,
+  createdNow: boolean
+): ApiError | undefined => {
+  if (type === "run.created" && !createdNow) {
+    return apiError("run_already_exists", `run ${runId} was already created`, { run_id: runId })
+  }
+  if (TERMINAL_RUN_STATUSES.has(status)) {
+    return apiError("run_terminal", `run ${runId} is ${status}; no further events are accepted`, {
+      run_id: runId,
+      status
+    })
+  }
+  return undefined
+}
+
 export class RunCommands extends Context.Service<RunCommands, {
   readonly appendEvent: (runId: string, body: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
   readonly get: (runId: string) => Effect.Effect<JsonObject, ApiError>
@@ -65,29 +126,8 @@ export class RunCommands extends Context.Service<RunCommands, {
         raw: unknown,
         requestId: string | undefined
       ) {
-        yield* checkId("run_id", runId)
-        const body = yield* decodeBody(RunEventBody, raw)
-        if (!isRunEventType(body.type)) {
-          return yield* apiError("invalid_request", `type must be one of ${RUN_EVENT_TYPES.join(", ")}`, {
-            type: body.type
-          })
-        }
-        const type = body.type
-        const payload = yield* checkPayload(body.payload)
-        if (type === "run.created") {
-          if (body.owner_user_id === undefined) {
-            return yield* apiError("invalid_request", "owner_user_id is required on run.created")
-          }
-          yield* checkId("owner_user_id", body.owner_user_id)
-        }
         const now = yield* Clock.currentTimeMillis
-        const occurredAtMs = yield* occurredAt(body.occurred_at, now)
-        const scope = body.idempotency_key === undefined ? undefined : {
-          entityKind: "run" as const,
-          entityId: runId,
-          key: body.idempotency_key,
-          requestHash: requestHash("run.event", body)
-        }
+        const { type, payload, body, occurredAtMs, scope } = yield* validateRunEvent(runId, raw, now)
         yield* Effect.annotateCurrentSpan({ "khala.run_id": runId, "khala.event_type": type })
 
         return yield* runner.transact(
@@ -101,15 +141,8 @@ export class RunCommands extends Context.Service<RunCommands, {
             return yield* idempotency.guard(
               scope,
               Effect.gen(function*() {
-                if (type === "run.created" && !created) {
-                  return yield* apiError("run_already_exists", `run ${runId} was already created`, { run_id: runId })
-                }
-                if (TERMINAL_RUN_STATUSES.has(run.status)) {
-                  return yield* apiError("run_terminal", `run ${runId} is ${run.status}; no further events are accepted`, {
-                    run_id: runId,
-                    status: run.status
-                  })
-                }
+                const rejected = lifecycleRejection(runId, run.status, type, created !== undefined)
+                if (rejected) return yield* rejected
                 const seq = run.lastSeq + 1
                 const record = yield* store.appendRunEvent({
                   entityId: runId,

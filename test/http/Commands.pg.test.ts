@@ -143,6 +143,33 @@ layer(testApp({ maxBodyBytes: 4096 }), { timeout: "120 seconds" })("HTTP command
       }))
   })
 
+  describe("run event batches", () => {
+    it.effect("POST /internal/v1/runs/events/batch: per-item answers, service token required, body limit applies", () =>
+      Effect.gen(function*() {
+        const path = "/internal/v1/runs/events/batch"
+        const events = [
+          { run_id: "b-1", type: "run.created", owner_user_id: "ub" },
+          { run_id: "b-1", type: "run.started" },
+          { run_id: "b-2", type: "run.step" }
+        ]
+        assert.strictEqual((yield* call(post(path, { events }, "wrong"))).status, 401)
+        const res = yield* call(post(path, { events }))
+        assert.strictEqual(res.status, 200)
+        assert.deepStrictEqual(res.body.results, [
+          { status: 201, body: { run_id: "b-1", seq: 1, topic_seqs: { "run/b-1": 2, "user/ub/runs": 1 } } },
+          { status: 201, body: { run_id: "b-1", seq: 2, topic_seqs: { "run/b-1": 4, "user/ub/runs": 2 } } },
+          { status: 404, body: { error: { code: "run_not_found", message: "run b-2 does not exist", details: { run_id: "b-2" } } } }
+        ])
+        assert.deepStrictEqual(res.body.topic_seqs, { "run/b-1": 4, "user/ub/runs": 2 })
+        const bad = yield* call(post(path, { events: [] }))
+        assert.strictEqual(bad.status, 400)
+        assert.strictEqual(errorCode(bad), "invalid_request")
+        const big = yield* call(post(path, { events: Array.from({ length: 40 }, () => ({ ...events[1], payload: { pad: "x".repeat(100) } })) }))
+        assert.strictEqual(big.status, 413)
+        assert.strictEqual(errorCode(big), "payload_too_large")
+      }))
+  })
+
   describe("workers", () => {
     it.effect("create-or-reattach, taxonomy, terminal 409 until resume", () =>
       Effect.gen(function*() {

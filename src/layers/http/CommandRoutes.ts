@@ -5,6 +5,7 @@
 import { Effect } from "effect"
 import { HttpRouter } from "effect/http"
 import { RunCommands } from "../../services/RunCommands.ts"
+import { RunEventBatches } from "../../services/RunEventBatches.ts"
 import { WorkerCommands } from "../../services/WorkerCommands.ts"
 import { KhalaConfig } from "../Config.ts"
 import { handle, json, queryParam, readJsonBody, renderResult, requireToken } from "./HttpSupport.ts"
@@ -12,6 +13,7 @@ import { handle, json, queryParam, readJsonBody, renderResult, requireToken } fr
 export const CommandRoutes = HttpRouter.use(Effect.fn(function*(router) {
   const config = yield* KhalaConfig
   const runs = yield* RunCommands
+  const batches = yield* RunEventBatches
   const workers = yield* WorkerCommands
 
   const service = <E, R>(
@@ -24,6 +26,10 @@ export const CommandRoutes = HttpRouter.use(Effect.fn(function*(router) {
     Effect.gen(function*() {
       const body = yield* readJsonBody(req)
       return renderResult(yield* runs.appendEvent(yield* param("run_id"), body, requestId))
+    })))
+  yield* router.add("POST", "/internal/v1/runs/events/batch", service((req, requestId) =>
+    Effect.gen(function*() {
+      return renderResult(yield* batches.append(yield* readJsonBody(req), requestId))
     })))
   yield* router.add("GET", "/internal/v1/runs/:run_id", service(() =>
     Effect.gen(function*() {

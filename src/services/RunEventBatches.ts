@@ -1,0 +1,377 @@
+/**
+ * RunEventBatches: `POST /internal/v1/runs/events/batch` — many run events in one transaction.
+ *
+ * Each item is judged exactly as `POST /internal/v1/runs/{run_id}/events` would judge it if the
+ * items were sent one after another, in order: the same validation, 404/409 lifecycle rules,
+ * idempotency keys (shared with the single endpoint: a key used here replays there and vice versa),
+ * the same per-run seqs, documents, journal entries and seqs. A rejected item changes nothing and
+ * answers with its typed error; the accepted ones commit together (one fsync), which is what makes
+ * durable ingest fast. The whole batch is durable when the response arrives.
+ *
+ * The transaction is set-based: a fixed number of statements per batch, whatever its size. Locks
+ * are taken in one global order — run rows by id, owner ordinals by owner, topic seqs by topic — so
+ * batches and single commands cannot deadlock each other.
+ */
+import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
+import { SqlClient } from "effect/sql"
+import { ApiError, apiError } from "../domain/ApiError.ts"
+import { decodeRunSummary, PROJECTION_VERSION } from "../domain/Documents.ts"
+import type { JsonObject } from "../domain/Json.ts"
+import { runDocKey, type RunStatus, runStatusAfter } from "../domain/RunProjection.ts"
+import type { RunSummary } from "../gen/openagents/sync/v1/documents_pb.ts"
+import { CommandRunner, type CommandResult, decodeBody } from "./CommandRunner.ts"
+import { type EventRow, toRunRecord } from "./EventStore.ts"
+import { Journal, type JournalDraft, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
+import { commandsTotal } from "./Metrics.ts"
+import { projectStep, runProjectionSpec, type StoredDoc, SUMMARY_KIND } from "./Projector.ts"
+import { lifecycleRejection, validateRunEvent, type ValidRunEvent } from "./RunCommands.ts"
+
+/** Most events one batch may carry. */
+export const MAX_BATCH_EVENTS = 1000
+
+const BatchBody = Schema.Struct({
+  events: Schema.Array(Schema.Unknown).check(Schema.isMinLength(1), Schema.isMaxLength(MAX_BATCH_EVENTS))
+})
+
+/** One item's answer: the single endpoint's status and body. */
+export type BatchItemResult =
+  | { readonly status: 200 | 201; readonly body: JsonObject }
+  | { readonly status: number; readonly body: ReturnType<ApiError["toBody"]> }
+
+/** Internal: item `index` would not fit one sync frame; the batch is retried without it. */
+class ItemTooLarge extends Schema.TaggedError<ItemTooLarge>()("ItemTooLarge", {
+  index: Schema.Number,
+  bytes: Schema.Number,
+  limit: Schema.Number
+}) {}
+
+type Outcome =
+  | { readonly _tag: "rejected"; readonly error: ApiError }
+  | { readonly _tag: "replayStored"; readonly body: JsonObject }
+  | { readonly _tag: "replayItem"; readonly index: number }
+  | { readonly _tag: "append"; readonly seq: number; readonly ownerUserId: string; readonly event: ValidRunEvent }
+
+interface RunState {
+  readonly ownerUserId: string
+  status: string
+  lastSeq: number
+  exists: boolean
+}
+
+const itemKey = (runId: string, key: string) => `${runId}\u0000${key}`
+
+export class RunEventBatches extends Context.Service<RunEventBatches, {
+  readonly append: (raw: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
+}>()("khala/services/RunEventBatches") {
+  static readonly layer = Layer.effect(
+    RunEventBatches,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const runner = yield* CommandRunner
+      const journal = yield* Journal
+
+      /** One transaction over the items that passed validation and are not `rejected` already. */
+      const commit = (
+        items: ReadonlyArray<ValidRunEvent | ApiError>,
+        rejected: ReadonlyMap<number, ApiError>,
+        now: number,
+        requestId: string | undefined
+      ) =>
+        Effect.gen(function*() {
+          const live: Array<[number, ValidRunEvent]> = []
+          items.forEach((item, i) => {
+            if (!(item instanceof ApiError) && !rejected.has(i)) live.push([i, item])
+          })
+
+          // 1. Create the rows of runs whose first live item is run.created (sorted: lock order).
+          const creators = new Map<string, ValidRunEvent>()
+          for (const [, e] of live) if (e.type === "run.created" && !creators.has(e.runId)) creators.set(e.runId, e)
+          const createIds = [...creators.keys()].sort()
+          const createdHere = new Set(
+            createIds.length === 0 ? [] : (yield* sql<{ run_id: string }>`
+              INSERT INTO runtime.runs (run_id, owner_user_id, status, last_seq, created_at)
+              SELECT id, owner, 'created', 0, at::timestamptz
+              FROM unnest(${createIds}::text[], ${createIds.map((id) => creators.get(id)!.body.owner_user_id!)}::text[],
+                          ${createIds.map((id) => new Date(creators.get(id)!.occurredAtMs).toISOString())}::text[])
+                AS x(id, owner, at)
+              ORDER BY id
+              ON CONFLICT (run_id) DO NOTHING
+              RETURNING run_id`).map((r) => r.run_id)
+          )
+
+          // 2. Lock every run the batch touches, in id order.
+          const runIds = [...new Set(live.map(([, e]) => e.runId))].sort()
+          const state = new Map<string, RunState>()
+          if (runIds.length > 0) {
+            const rows = yield* sql<{ run_id: string; owner_user_id: string; status: string; last_seq: bigint }>`
+              SELECT run_id, owner_user_id, status, last_seq FROM runtime.runs
+              WHERE run_id = ANY(${runIds}::text[]) ORDER BY run_id FOR UPDATE`
+            for (const r of rows) {
+              state.set(r.run_id, {
+                ownerUserId: r.owner_user_id,
+                status: r.status,
+                lastSeq: Number(r.last_seq),
+                // A run this batch created exists from its creating item on.
+                exists: !createdHere.has(r.run_id)
+              })
+            }
+          }
+
+          // 3. Stored idempotency keys of the keyed items.
+          const keyed = live.filter(([, e]) => e.scope !== undefined)
+          const storedKeys = new Map<string, { hash: string; response: JsonObject }>()
+          if (keyed.length > 0) {
+            const rows = yield* sql<{ entity_id: string; idempotency_key: string; request_hash: string; response: JsonObject }>`
+              SELECT entity_id, idempotency_key, request_hash, response FROM runtime.idempotency_keys
+              WHERE entity_kind = 'run' AND (entity_id, idempotency_key) IN (
+                SELECT * FROM unnest(${keyed.map(([, e]) => e.runId)}::text[], ${keyed.map(([, e]) => e.scope!.key)}::text[]))`
+            for (const r of rows) {
+              storedKeys.set(itemKey(r.entity_id, r.idempotency_key), { hash: r.request_hash, response: r.response })
+            }
+          }
+
+          // 4. The lifecycle rules, item by item, in order (what sequential commands would see).
+          const outcomes = new Array<Outcome>(items.length)
+          const batchKeys = new Map<string, { hash: string; index: number }>()
+          items.forEach((item, i) => {
+            const early = item instanceof ApiError ? item : rejected.get(i)
+            if (early) {
+              outcomes[i] = { _tag: "rejected", error: early }
+              return
+            }
+            const e = item as ValidRunEvent
+            const run = state.get(e.runId)
+            let createdNow = false
+            if (run && !run.exists && e.type === "run.created" && creators.get(e.runId) === e) {
+              run.exists = true
+              createdNow = true
+            }
+            if (!run || !run.exists) {
+              outcomes[i] = {
+                _tag: "rejected",
+                error: apiError("run_not_found", `run ${e.runId} does not exist`, { run_id: e.runId })
+              }
+              return
+            }
+            if (e.scope) {
+              const k = itemKey(e.runId, e.scope.key)
+              const prior = storedKeys.get(k) ?? batchKeys.get(k)
+              if (prior) {
+                outcomes[i] = prior.hash !== e.scope.requestHash
+                  ? {
+                    _tag: "rejected",
+                    error: apiError("idempotency_key_reused", "this idempotency_key was used with a different request", {
+                      idempotency_key: e.scope.key
+                    })
+                  }
+                  : "response" in prior
+                  ? { _tag: "replayStored", body: prior.response }
+                  : { _tag: "replayItem", index: prior.index }
+                return
+              }
+            }
+            const rejection = lifecycleRejection(e.runId, run.status, e.type, createdNow)
+            if (rejection) {
+              outcomes[i] = { _tag: "rejected", error: rejection }
+              return
+            }
+            run.lastSeq += 1
+            run.status = runStatusAfter(run.status as RunStatus, e.type)
+            outcomes[i] = { _tag: "append", seq: run.lastSeq, ownerUserId: run.ownerUserId, event: e }
+            if (e.scope) batchKeys.set(itemKey(e.runId, e.scope.key), { hash: e.scope.requestHash, index: i })
+          })
+
+          const appends: Array<[number, Extract<Outcome, { _tag: "append" }>]> = []
+          outcomes.forEach((o, i) => {
+            if (o._tag === "append") appends.push([i, o])
+          })
+          const itemTopicSeqs = new Array<TopicSeqs>(items.length)
+          const batchTopicSeqs: TopicSeqs = {}
+
+          if (appends.length > 0) {
+            // 5. Owner ordinals (owner order), then every event in one statement, read back.
+            const perOwner = new Map<string, number>()
+            for (const [, a] of appends) perOwner.set(a.ownerUserId, (perOwner.get(a.ownerUserId) ?? 0) + 1)
+            const owners = [...perOwner.keys()].sort()
+            const lastOrdinal = new Map(
+              (yield* sql<{ owner_user_id: string; last_ordinal: bigint }>`
+                INSERT INTO runtime.owner_sequences AS s (owner_user_id, stream, last_ordinal)
+                SELECT u, 'runs', n FROM unnest(${owners}::text[], ${owners.map((o) => perOwner.get(o)!)}::bigint[]) AS x(u, n)
+                ORDER BY u
+                ON CONFLICT (owner_user_id, stream) DO UPDATE SET last_ordinal = s.last_ordinal + EXCLUDED.last_ordinal
+                RETURNING owner_user_id, last_ordinal`).map((r) => [r.owner_user_id, Number(r.last_ordinal)])
+            )
+            const nextOrdinal = new Map(owners.map((o) => [o, lastOrdinal.get(o)! - perOwner.get(o)! + 1]))
+            const eventRows = appends.map(([, a]) => {
+              const ordinal = nextOrdinal.get(a.ownerUserId)!
+              nextOrdinal.set(a.ownerUserId, ordinal + 1)
+              return {
+                run_id: a.event.runId,
+                seq: a.seq,
+                owner_ordinal: ordinal,
+                type: a.event.type,
+                payload: JSON.stringify(a.event.payload),
+                occurred_at: new Date(a.event.occurredAtMs),
+                request_id: requestId ?? null
+              }
+            })
+            const stored = new Map<string, EventRow>()
+            for (const r of yield* sql<EventRow & { run_id: string }>`
+              INSERT INTO runtime.run_events ${sql.insert(eventRows as [typeof eventRows[0], ...typeof eventRows])}
+              RETURNING run_id, seq, type, payload::text AS payload, occurred_at`) {
+              stored.set(`${r.run_id}:${r.seq}`, r)
+            }
+
+            // 6. Project in item order from the stored documents.
+            const docs = new Map<string, StoredDoc<RunSummary> & { bytes?: Uint8Array; changed?: boolean }>()
+            for (const r of yield* sql<{ entity_id: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
+              SELECT entity_id, doc_version, document, doc_hash FROM runtime.read_models
+              WHERE doc_key = ANY(${[...new Set(appends.map(([, a]) => runDocKey(a.event.runId)))]}::text[])`) {
+              docs.set(r.entity_id, {
+                docVersion: Number(r.doc_version),
+                hash: r.doc_hash,
+                doc: decodeRunSummary(r.document)
+              })
+            }
+            const drafts: Array<JournalDraft> = []
+            const draftItem: Array<number> = []
+            const touched = new Map<string, { ownerUserId: string; seq: number; changed: boolean }>()
+            for (const [i, a] of appends) {
+              const record = toRunRecord(a.event.runId, a.ownerUserId)(stored.get(`${a.event.runId}:${a.seq}`)!)
+              const step = projectStep(runProjectionSpec(record), docs.get(a.event.runId))
+              docs.set(a.event.runId, step)
+              const prev = touched.get(a.event.runId)
+              touched.set(a.event.runId, { ownerUserId: a.ownerUserId, seq: a.seq, changed: step.changed || !!prev?.changed })
+              for (const d of step.drafts) {
+                drafts.push(d)
+                draftItem.push(i)
+              }
+            }
+
+            // 7. The journal: every entry of the batch, seqs allocated in topic order.
+            const appended = yield* journal.appendAll(drafts, now).pipe(
+              Effect.catchIf(
+                (e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge,
+                (e) => Effect.fail(new ItemTooLarge({ index: draftItem[e.draft]!, bytes: e.bytes, limit: e.limit }))
+              )
+            )
+            drafts.forEach((d, k) => {
+              const i = draftItem[k]!
+              const seq = appended.seqs[k]!
+              ;(itemTopicSeqs[i] ??= {})[d.topic] = seq
+              batchTopicSeqs[d.topic] = Math.max(batchTopicSeqs[d.topic] ?? 0, seq)
+            })
+
+            // 8. Final documents (changed ones), checkpoints and run state: one statement each.
+            const finals = [...touched].map(([runId, t]) => ({ runId, ...t, step: docs.get(runId)! }))
+            const changed = finals.filter((f) => f.changed)
+            if (changed.length > 0) {
+              const rows = changed.map((f) => ({
+                doc_key: runDocKey(f.runId),
+                kind: SUMMARY_KIND.run,
+                entity_id: f.runId,
+                owner_user_id: f.ownerUserId,
+                doc_version: f.step.docVersion,
+                document: f.step.bytes!,
+                doc_hash: f.step.hash
+              }))
+              yield* sql`
+                INSERT INTO runtime.read_models ${sql.insert(rows as [typeof rows[0], ...typeof rows])}
+                ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
+                  doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`
+            }
+            const checkpoints = finals.map((f) => ({
+              entity_kind: "run",
+              entity_id: f.runId,
+              last_seq: f.seq,
+              doc_hash: f.step.hash,
+              projection_version: PROJECTION_VERSION
+            }))
+            yield* sql`
+              INSERT INTO runtime.projection_checkpoints ${sql.insert(checkpoints as [typeof checkpoints[0], ...typeof checkpoints])}
+              ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
+                projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
+            const ids = finals.map((f) => f.runId)
+            yield* sql`
+              UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq
+              FROM unnest(${ids}::text[], ${ids.map((id) => state.get(id)!.status)}::text[],
+                          ${ids.map((id) => state.get(id)!.lastSeq)}::bigint[]) AS x(run_id, status, last_seq)
+              WHERE r.run_id = x.run_id`
+          }
+
+          // 9. Answers; the keyed appends' answers are stored for retries.
+          const results: Array<BatchItemResult> = outcomes.map((o, i) => {
+            switch (o._tag) {
+              case "rejected":
+                return { status: o.error.status, body: o.error.toBody() }
+              case "replayStored":
+                return { status: 200, body: o.body }
+              case "append":
+                return { status: 201, body: { run_id: o.event.runId, seq: o.seq, topic_seqs: itemTopicSeqs[i] ?? {} } }
+              case "replayItem":
+                return { status: 200, body: {} }
+            }
+          })
+          outcomes.forEach((o, i) => {
+            if (o._tag === "replayItem") results[i] = { status: 200, body: results[o.index]!.body as JsonObject }
+          })
+          const keyRows = appends.filter(([, a]) => a.event.scope !== undefined).map(([i, a]) => ({
+            entity_kind: "run",
+            entity_id: a.event.runId,
+            idempotency_key: a.event.scope!.key,
+            request_hash: a.event.scope!.requestHash,
+            status: 201,
+            response: JSON.stringify(results[i]!.body)
+          }))
+          if (keyRows.length > 0) {
+            yield* sql`INSERT INTO runtime.idempotency_keys ${sql.insert(keyRows as [typeof keyRows[0], ...typeof keyRows])}`
+          }
+          return { results, topicSeqs: batchTopicSeqs, appended: appends.length }
+        })
+
+      const append = Effect.fn("RunEventBatches.append")(function*(raw: unknown, requestId: string | undefined) {
+        const { events } = yield* decodeBody(BatchBody, raw)
+        const now = yield* Clock.currentTimeMillis
+        const items = yield* Effect.forEach(events, (item) => {
+          const runId = typeof item === "object" && item !== null && "run_id" in item ? item.run_id : undefined
+          return typeof runId !== "string"
+            ? Effect.succeed(apiError("invalid_request", "each event needs a run_id string"))
+            : validateRunEvent(runId, item, now).pipe(Effect.catch((e: ApiError) => Effect.succeed(e)))
+        })
+        yield* Effect.annotateCurrentSpan({ "khala.batch_events": items.length })
+        // An item whose journal entry would not fit one frame is 413; the rest is committed without it.
+        const rejected = new Map<number, ApiError>()
+        let done: Effect.Success<ReturnType<typeof commit>> | undefined
+        while (done === undefined) {
+          done = yield* runner.transact("run.batch", commit(items, rejected, now, requestId).pipe(
+            Effect.map((r) => ({ status: 201, body: {}, ...r }))
+          )).pipe(
+            Effect.catchTag("ItemTooLarge", (e) =>
+              Effect.sync(() => {
+                rejected.set(
+                  e.index,
+                  apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
+                    limit_bytes: e.limit
+                  })
+                )
+                return undefined
+              }))
+          )
+        }
+        const result = done
+        for (const [i, r] of result.results.entries()) {
+          const item = items[i]!
+          const command = item instanceof ApiError ? "run.invalid" : item.type
+          const outcome = r.status === 201 ? "ok" : r.status === 200 ? "replayed" : (r.body as { error: { code: string } }).error.code
+          yield* Metric.update(Metric.withAttributes(commandsTotal, { command, outcome }), 1)
+        }
+        return {
+          status: 200,
+          body: { results: result.results, topic_seqs: result.topicSeqs } as unknown as JsonObject
+        } satisfies CommandResult
+      })
+
+      return RunEventBatches.of({ append })
+    })
+  )
+}
