@@ -6,7 +6,8 @@
  *              expected message count (or the timeout) → `result` (SubscribeResult); `close` ends.
  *   publish    publish (saturating a window of acknowledged publishes, or at a fixed rate) for a
  *              duration and/or a count → `result` (PublishResult).
- *   ingest     N writers, each one acknowledged publish at a time on its own topic → `result`.
+ *   ingest     N writers, each one acknowledged publish (or one batch of `batch` events) at a time on
+ *              its own topic → `result`.
  *   replay     prepare → `ready`; on `go` replay one topic from its beginning → `result`.
  */
 import { Histogram, type IngestJob, type Job, nowMs, type ParentMessage, type PublishJob, type PublishResult, type SubscribeJob, type SubscribeResult, type Target } from "./lib/common.ts"
@@ -210,7 +211,7 @@ const drive = async (pub: Publisher, job: PublishJob): Promise<Omit<PublishResul
   return { counts, published, startMs, endMs, errors, errorSamples, ackLatency: ack.toJSON(), cpuMs: cpuMs(cpu0) }
 }
 
-/** N writers, each with one acknowledged publish in flight on its own topic. */
+/** N writers, each with one acknowledged publish (or batch) in flight on its own topic. */
 const ingest = async (f: ClientFactory, job: IngestJob) => {
   const topics = Array.from({ length: job.writers }, (_, i) => `${job.topicPrefix}-${i}`)
   const pubs = await Promise.all(topics.map(() => f.publisher()))
@@ -232,8 +233,14 @@ const ingest = async (f: ClientFactory, job: IngestJob) => {
     while (nowMs() < stopAt) {
       const t0 = nowMs()
       try {
-        await pub.publish(topic, ++n, job.padBytes)
-        published++
+        if (job.batch) {
+          await pub.publishMany!(topic, n + 1, job.batch, job.padBytes)
+          n += job.batch
+          published += job.batch
+        } else {
+          await pub.publish(topic, ++n, job.padBytes)
+          published++
+        }
         const t1 = nowMs()
         ack.record(t1 - t0)
         if (t1 > endMs) endMs = t1

@@ -49,6 +49,9 @@ const { values: flags } = parseArgs({
     duration: { type: "string" },
     rate: { type: "string" },
     writers: { type: "string" },
+    batch: { type: "string" },
+    "batch-writers": { type: "string" },
+    "ingest-batch": { type: "string" },
     window: { type: "string" },
     pad: { type: "string" },
     "scale-subscribers": { type: "string" },
@@ -65,14 +68,18 @@ if (flags.help) {
   --quick                 smaller sizes (finishes in < 3 min on 2 cores)
   --scaling               cost vs size: subscribers, topics and retained entries at three sizes each
   --systems=khala,ws,socketio,nats   systems to run (default: all; nats skipped without nats-server)
-  --only=idle,fanout,fanout-json,latency,many-topics,ingest,replay   scenarios to run
+  --only=idle,fanout,fanout-json,latency,many-topics,ingest,ingest-batch,replay   scenarios to run
   --subscribers=N         live fanout subscribers (default 1000, quick 200)
   --topics=N              many-topics: topics × 1 subscriber (default 1000, quick 200)
   --replay-entries=N      retained entries replayed (default 100000, quick 20000)
   --idle=N                idle connections (default 10000, quick 2000)
   --duration=MS           publish duration of throughput scenarios (default 5000, quick 2000)
   --rate=N                commits/s of the latency scenario (default 200)
-  --writers=1,8,32        ingest writer counts
+  --writers=1,8,32        ingest writer counts (one HTTP command per write)
+  --batch-writers=1,4     batched-ingest writer counts (one batch request per write)
+  --ingest-batch=N        events per batched-ingest request (default 500)
+  --batch=N               Khala live publishers and replay loading coalesce concurrent publishes into
+                          batch requests of at most N events (default 1000; 0: one command per publish)
   --window=N              in-flight acknowledged publishes of a saturating publisher (default 32)
   --pad=N                 payload padding bytes (default 200: ~300-byte messages)
   --scale-subscribers=100,500,1000 --scale-topics=100,500,1000 --scale-retained=10000,50000,100000
@@ -98,6 +105,9 @@ const opts = {
   ingestMs: num(flags.duration, quick ? 1000 : 5000),
   rate: num(flags.rate, 200),
   writers: list(flags.writers, [1, 8, 32]),
+  batchWriters: list(flags["batch-writers"], [1, 4]),
+  ingestBatch: num(flags["ingest-batch"], 500),
+  batch: num(flags.batch, 1000),
   window: num(flags.window, 32),
   padBytes: num(flags.pad, 200),
   scaleSubscribers: list(flags["scale-subscribers"], quick ? [50, 100, 200] : [100, 500, 1000]),
@@ -332,7 +342,12 @@ const logLive = (r: LiveOutcome) =>
 
 type ScenarioFn = (server: Server, outcome: Outcome) => Promise<void>
 
-const khalaTarget = (server: Server, subprotocol: KhalaSubprotocol): Target => ({ ...server.target, subprotocol })
+/** Khala's target for a scenario: the subprotocol, and group-committed publishing unless `--batch=0`. */
+const khalaTarget = (server: Server, subprotocol: KhalaSubprotocol): Target => ({
+  ...server.target,
+  subprotocol,
+  ...(opts.batch > 0 ? { batch: opts.batch } : {})
+})
 
 const fanout = (scenario: string, subs: number, subprotocol: KhalaSubprotocol): ScenarioFn => async (server, outcome) => {
   const target = server.system === "khala" ? khalaTarget(server, subprotocol) : server.target
@@ -399,23 +414,24 @@ const idle: ScenarioFn = async (server, outcome) => {
   })
 }
 
-const ingest = (writers: number): ScenarioFn => async (server, outcome) => {
+const ingest = (writers: number, batch: number | undefined): ScenarioFn => async (server, outcome) => {
   const r = await withGens(1, async ([g]) => {
     g!.start({
       kind: "ingest",
       target: server.target,
       writers,
       durationMs: opts.ingestMs,
-      topicPrefix: `ing${writers}-${tag}`,
-      padBytes: opts.padBytes
+      topicPrefix: `ing${batch ? "b" : ""}${writers}-${tag}`,
+      padBytes: opts.padBytes,
+      ...(batch ? { batch } : {})
     })
     return g!.result<PublishResult>()
   })
   if (r.errors > 0) outcome.failures.push(`${r.errors} publishes failed: ${r.errorSamples.join("; ")}`)
   const rate = r.published / ((r.endMs - r.startMs) / 1000)
   const h = Histogram.merge([r.ackLatency])
-  log(`    ${writers} writers: ${r.published} acknowledged in ${((r.endMs - r.startMs) / 1000).toFixed(1)} s = ${rate.toFixed(0)}/s, p50 ${h.quantile(0.5).toFixed(2)} ms p99 ${h.quantile(0.99).toFixed(2)} ms`)
-  const scenario = `ingest ×${writers}`
+  log(`    ${writers} writers${batch ? ` × ${batch}-event batches` : ""}: ${r.published} acknowledged in ${((r.endMs - r.startMs) / 1000).toFixed(1)} s = ${rate.toFixed(0)}/s, p50 ${h.quantile(0.5).toFixed(2)} ms p99 ${h.quantile(0.99).toFixed(2)} ms${batch ? " per batch" : ""}`)
+  const scenario = batch ? ingestBatchScenario(writers) : `ingest ×${writers}`
   record(scenario, server.system, "acknowledged writes/s", rate, "writes/s", "higher")
   record(scenario, server.system, "ack latency p50", h.quantile(0.5), "ms", "lower")
   record(scenario, server.system, "ack latency p99", h.quantile(0.99), "ms", "lower")
@@ -442,7 +458,7 @@ const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => stri
     const result = await withGens(1, async ([rg]) => {
       rg!.start({ kind: "replay", target: server.target, topic, expected })
       await rg!.next("ready")
-      const lr = await runPublish(server.target, {
+      const lr = await runPublish(khalaTarget(server, "khala.v1.proto"), {
         topics: [topic],
         mode: "saturate",
         count: toLoad,
@@ -473,6 +489,8 @@ const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => stri
   }
 }
 
+const ingestBatchScenario = (writers: number) => `ingest (batched) ×${writers}`
+
 interface Plan {
   readonly name: string
   readonly systems: ReadonlyArray<SystemName>
@@ -500,12 +518,19 @@ if (opts.scaling) {
   params["publish duration"] = `${opts.durationMs} ms`
   params["latency rate"] = `${opts.rate}/s`
   params["publisher window"] = String(opts.window)
+  params["Khala publisher"] = opts.batch > 0 ? `batch endpoint, ≤ ${opts.batch} events per request, one in flight` : "one HTTP command per publish"
   if (wanted("idle")) plan.push({ name: "idle", systems: everyone, fn: idle })
   if (wanted("fanout")) plan.push({ name: "fanout", systems: everyone, fn: fanout("fanout", opts.subscribers, "khala.v1.proto") })
   if (wanted("fanout-json")) plan.push({ name: "fanout (JSON)", systems: ["khala"], fn: fanout("fanout (JSON)", opts.subscribers, "khala.v1.json") })
   if (wanted("latency")) plan.push({ name: "latency", systems: everyone, fn: latency })
   if (wanted("many-topics")) plan.push({ name: "many topics", systems: everyone, fn: manyTopics("many topics", opts.topics) })
-  if (wanted("ingest")) for (const w of opts.writers) plan.push({ name: `ingest ×${w}`, systems: everyone, fn: ingest(w) })
+  if (wanted("ingest")) for (const w of opts.writers) plan.push({ name: `ingest ×${w}`, systems: everyone, fn: ingest(w, undefined) })
+  if (wanted("ingest-batch") && systems.includes("khala")) {
+    params["batched ingest"] = `${opts.ingestBatch} events per request`
+    for (const w of opts.batchWriters) {
+      plan.push({ name: ingestBatchScenario(w), systems: ["khala"], fn: ingest(w, opts.ingestBatch) })
+    }
+  }
   if (wanted("replay")) plan.push({ name: "replay", systems: everyone, fn: replay([opts.replayEntries], () => "replay") })
 }
 params["payload padding"] = `${opts.padBytes} bytes`
@@ -668,8 +693,10 @@ const evaluateTargets = (): Array<Target_> => {
     rt === undefined || re === undefined ? undefined : rt * (100_000 / re), (v) => v <= 0.4, (v) => `${rt!.toFixed(3)} s for ${re} (${v.toFixed(3)} s per 100k)`)
   t("idle memory ≤ 10 KB per connection", value("idle", "khala", "RSS per connection"), (v) => v <= 10, (v) => `${v.toFixed(1)} KB`)
   t("idle memory ≤ 1.5× raw ws", ratio("idle", "RSS per connection", "ws"), (v) => v <= 1.5, (v) => `${v.toFixed(2)}×`)
-  const ing = opts.writers.map((w) => value(`ingest ×${w}`, "khala", "acknowledged writes/s")).filter((v): v is number => v !== undefined)
-  t("ingest ≥ 20 000 durable commits/s (Khala has no batching command: one commit per request)", ing.length ? Math.max(...ing) : undefined, (v) => v >= 20_000, (v) => `${fmt(v)} commits/s (best of ${opts.writers.join("/")} writers)`)
+  const ing = opts.batchWriters.map((w) => value(ingestBatchScenario(w), "khala", "acknowledged writes/s")).filter((v): v is number => v !== undefined)
+  t(`ingest ≥ 20 000 durable commits/s with batching (${opts.ingestBatch}-event requests)`, ing.length ? Math.max(...ing) : undefined, (v) => v >= 20_000, (v) => `${fmt(v)} events/s (best of ${opts.batchWriters.join("/")} writers)`)
+  const single = opts.writers.map((w) => value(`ingest ×${w}`, "khala", "acknowledged writes/s")).filter((v): v is number => v !== undefined)
+  if (single.length > 0) out.push({ name: "(info) ingest, one HTTP command per event", measured: `${fmt(Math.max(...single))} commits/s (best of ${opts.writers.join("/")} writers)`, status: "n/a" })
   return opts.scaling ? [] : out
 }
 
@@ -720,7 +747,7 @@ const buildReport = (started: Date, elapsedS: number, systemNotes: ReadonlyArray
   for (const o of bad) lines.push(`- ${o.scenario} / ${SYSTEM_LABEL[o.system]}: ${o.failures.join(" | ").replaceAll("\n", " ")}`)
   lines.push("")
   for (const n of [...notes, ...systemNotes]) lines.push(`- ${n}`)
-  lines.push("- Latency: subscriber receive time − publisher send time (Khala: before the HTTP append; `committed_at→client` uses the Update's `committed_at_ms`, ms resolution). Khala messages are `run.step` appends; each adds the event and the run summary to `run/<id>` (deliveries count the events, entries both).")
+  lines.push("- Latency: subscriber receive time − publisher send time (Khala: when the publish was issued, before the HTTP request it goes out in; `committed_at→client` uses the Update's `committed_at_ms`, ms resolution). Khala messages are `run.step` appends; each adds the event and the run summary to `run/<id>` (deliveries count the events, entries both).")
   lines.push("")
   if (profile) lines.push(profile)
   return {

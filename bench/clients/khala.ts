@@ -1,6 +1,7 @@
 /**
  * Khala adapter: subscribers over `/sync/v1` (either subprotocol; one topic per connection),
- * publishers through the HTTP command path (`run.step` appends), replay from seq 0.
+ * publishers through the HTTP command path (`run.step` appends; one command per publish, or
+ * coalesced into batch requests when `target.batch` is set), replay from seq 0.
  *
  * Bench topic `x` is the run `x` (Khala topic `run/x`, owned by user `o-x`). Every published
  * `run.step` yields two entries on `run/x` (the event and the run summary); the bench counts the
@@ -15,6 +16,7 @@ import { type ClientFactory, type Publisher, type Replayer, SeqCheck, type SubCo
 const SLOW_CONSUMER_CLOSE = 4009
 
 const runPath = (topic: string) => `/internal/v1/runs/${encodeURIComponent(topic)}/events`
+const BATCH_PATH = "/internal/v1/runs/events/batch"
 
 export const khalaClients = (target: Target): ClientFactory => {
   const subprotocol = target.subprotocol ?? "khala.v1.proto"
@@ -109,25 +111,75 @@ export const khalaClients = (target: Target): ClientFactory => {
   const publisher = async (): Promise<Publisher> => {
     const http = new HttpClient(target.httpBase!, 256)
     const service = target.serviceToken!
-    const bodyOf = (n: number, padBytes: number) =>
-      `{"type":"run.step","payload":{"ts":"${marker(nowMs())}","n":${n},"pad":"${pad(padBytes)}"}}`
+    const stepJson = (n: number, padBytes: number, ts: number) =>
+      `"type":"run.step","payload":{"ts":"${marker(ts)}","n":${n},"pad":"${pad(padBytes)}"}`
+    const batchOf = (events: ReadonlyArray<string>) => `{"events":[${events.join(",")}]}`
+
+    /** Posts one batch; resolves per item (an item's error rejects only that item). */
+    const postBatch = async (body: string, count: number): Promise<Array<string | undefined>> => {
+      const r = await http.request("POST", BATCH_PATH, service, body)
+      if (r.status !== 200) throw new Error(`batch: ${r.status} ${r.body.slice(0, 200)}`)
+      const results = (JSON.parse(r.body) as { results: Array<{ status: number; body: unknown }> }).results
+      if (results.length !== count) throw new Error(`batch: ${results.length} results for ${count} events`)
+      return results.map((x) => (x.status === 201 ? undefined : `${x.status} ${JSON.stringify(x.body).slice(0, 200)}`))
+    }
+
+    // Group commit on the client side: publishes that arrive while a batch is in flight wait for
+    // the next one. An idle publisher sends at once (a batch of one), so this adds no latency.
+    interface Pending {
+      readonly json: string
+      readonly resolve: () => void
+      readonly reject: (e: Error) => void
+    }
+    const queue: Array<Pending> = []
+    let inFlight = false
+    const flush = () => {
+      if (inFlight || queue.length === 0) return
+      inFlight = true
+      const items = queue.splice(0, target.batch!)
+      postBatch(batchOf(items.map((p) => p.json)), items.length).then(
+        (errors) => items.forEach((p, i) => (errors[i] === undefined ? p.resolve() : p.reject(new Error(errors[i])))),
+        (e: unknown) => items.forEach((p) => p.reject(e instanceof Error ? e : new Error(String(e))))
+      ).finally(() => {
+        inFlight = false
+        flush()
+      })
+    }
+
     return {
       setup: async (topics, concurrency) => {
-        let i = 0
+        const creates = topics.map((t) => ({ run_id: t, type: "run.created", owner_user_id: `o-${t}` }))
+        const chunks: Array<typeof creates> = []
+        for (let i = 0; i < creates.length; i += 500) chunks.push(creates.slice(i, i + 500))
+        let next = 0
         const worker = async () => {
-          while (i < topics.length) {
-            const t = topics[i++]!
-            const r = await http.post(runPath(t), service, { type: "run.created", owner_user_id: `o-${t}` })
-            if (r.status !== 201 && !(r.status === 409 && r.body.includes("run_already_exists"))) {
-              throw new Error(`creating run ${t}: ${r.status} ${r.body}`)
-            }
+          while (next < chunks.length) {
+            const chunk = chunks[next++]!
+            const errors = await postBatch(JSON.stringify({ events: chunk }), chunk.length)
+            errors.forEach((err, i) => {
+              if (err !== undefined && !err.includes("run_already_exists")) throw new Error(`creating run ${chunk[i]!.run_id}: ${err}`)
+            })
           }
         }
-        await Promise.all(Array.from({ length: Math.min(concurrency, topics.length) }, worker))
+        await Promise.all(Array.from({ length: Math.min(concurrency, chunks.length) }, worker))
       },
-      publish: async (topic, n, padBytes) => {
-        const r = await http.request("POST", runPath(topic), service, bodyOf(n, padBytes))
-        if (r.status !== 201) throw new Error(`append ${topic}: ${r.status} ${r.body.slice(0, 200)}`)
+      publish: target.batch
+        ? (topic, n, padBytes) =>
+          new Promise<void>((resolve, reject) => {
+            queue.push({ json: `{"run_id":${JSON.stringify(topic)},${stepJson(n, padBytes, nowMs())}}`, resolve, reject })
+            flush()
+          })
+        : async (topic, n, padBytes) => {
+          const r = await http.request("POST", runPath(topic), service, `{${stepJson(n, padBytes, nowMs())}}`)
+          if (r.status !== 201) throw new Error(`append ${topic}: ${r.status} ${r.body.slice(0, 200)}`)
+        },
+      publishMany: async (topic, n, count, padBytes) => {
+        const ts = nowMs()
+        const id = JSON.stringify(topic)
+        const events = Array.from({ length: count }, (_, k) => `{"run_id":${id},${stepJson(n + k, padBytes, ts)}}`)
+        const errors = await postBatch(batchOf(events), count)
+        const failed = errors.filter((e) => e !== undefined)
+        if (failed.length > 0) throw new Error(`batch append ${topic}: ${failed.length} failed, e.g. ${failed[0]}`)
       },
       close: () => http.close()
     }

@@ -84,6 +84,8 @@ export interface Publisher {
   setup(topics: ReadonlyArray<string>, concurrency: number): Promise<void>
   /** Publishes message `n` of `topic`; must write synchronously (order), resolves on the ack. */
   publish(topic: string, n: number, padBytes: number): Promise<void>
+  /** Khala only: messages `n .. n + count - 1` of `topic` in one batch request. */
+  publishMany?(topic: string, n: number, count: number, padBytes: number): Promise<void>
   close(): void
 }
 

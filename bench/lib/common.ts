@@ -129,6 +129,12 @@ export interface Target {
   readonly serviceToken?: string
   readonly syncToken?: string
   readonly subprotocol?: KhalaSubprotocol
+  /**
+   * Khala: publish through `POST /internal/v1/runs/events/batch`, coalescing the publishes that
+   * arrive while a batch is committing into the next one (at most this many events per batch; one
+   * batch in flight, so per-topic order is kept). Unset: one HTTP command per publish.
+   */
+  readonly batch?: number
 }
 
 export interface SubscribeJob {
@@ -165,6 +171,8 @@ export interface IngestJob {
   readonly durationMs: number
   readonly topicPrefix: string
   readonly padBytes: number
+  /** Khala: each writer appends `batch` events per request through the batch endpoint. */
+  readonly batch?: number
 }
 
 export interface ReplayJob {
