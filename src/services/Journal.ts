@@ -6,20 +6,20 @@
  * - Seqs are allocated by Postgres in the committing transaction (`UPDATE … RETURNING` on the topic's
  *   sequence row). The row lock is held until commit, so per-topic commit order = seq order, and a
  *   rolled-back transaction leaves no gap.
- * - Each entry is encoded once, at write time, into the wire `Update` (binary and proto3 JSON);
+ * - Each entry is encoded once, at write time, into the wire `Update` (binary and proto3 JSON;
+ *   a document shared by several entries is encoded once for all of them, domain/UpdateEncoding.ts);
  *   readers splice the stored bytes into frames and never re-encode.
  * - `pg_notify('khala_journal', '<head_seq> <committed_at_ms> <topic>')` is issued inside the transaction, so
  *   listeners hear about an entry only after it committed (never on rollback).
  * Only the Projector appends (inside the command's transaction); TopicHub, Snapshot and the
  * retention job read.
  */
-import { create, toJson } from "@bufbuild/protobuf"
-import { Array as Arr, Context, Effect, Layer, Schema } from "effect"
+import { toJson } from "@bufbuild/protobuf"
+import { Context, Effect, Layer, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
-import { encodedUpdate } from "../domain/Protocol.ts"
-import { documentJson } from "../domain/Documents.ts"
+import { bodyEncoder, encodeUpdate } from "../domain/UpdateEncoding.ts"
 import { utf8ByteLength } from "../domain/Protocol.ts"
 import { KhalaConfig } from "../layers/Config.ts"
 
@@ -71,8 +71,6 @@ export interface Appended {
   readonly topicSeqs: TopicSeqs
 }
 
-/** Rows per INSERT statement (11 parameters each; Postgres allows 65535 per statement). */
-const INSERT_CHUNK_ROWS = 2000
 
 export class Journal extends Context.Service<Journal, {
   /** Appends drafts (in order) inside the current transaction; returns the last seq per topic. */
@@ -134,8 +132,22 @@ export class Journal extends Context.Service<Journal, {
             ON CONFLICT (topic) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
             RETURNING s.topic, s.head_seq`).map((r) => [r.topic, Number(r.head_seq)])
         )
-        const rows: Array<Record<string, unknown>> = []
-        const committedAt = new Date(committedAtMs)
+        // Column arrays for one `INSERT … SELECT FROM unnest(…)`: a handful of parameters however
+        // many rows (a multi-row VALUES would bind 11 per row). Each body is encoded once.
+        const n = drafts.length
+        const cols = {
+          topic: new Array<string>(n),
+          seq: new Array<string>(n),
+          kind: new Array<string>(n),
+          docKey: new Array<string>(n),
+          docVersion: new Array<string>(n),
+          occurredAt: new Array<Date>(n),
+          body: new Array<string>(n),
+          pb: new Array<Uint8Array>(n),
+          json: new Array<string>(n)
+        }
+        const encodeBodyOnce = bodyEncoder()
+        let row = 0
         for (const [topic, indexes] of byTopic) {
           const head = heads.get(topic)!
           topicSeqs[topic] = head
@@ -145,40 +157,41 @@ export class Journal extends Context.Service<Journal, {
             const d = drafts[i]!
             const seq = first + k
             seqs[i] = seq
-            const update = create(UpdateSchema, {
-              seq: BigInt(seq),
+            const body = encodeBodyOnce(d.body)
+            const encoded = encodeUpdate({
+              seq,
               kind: d.kind,
               docKey: d.docKey,
-              docVersion: BigInt(d.docVersion),
+              docVersion: d.docVersion,
               schemaVersion: SCHEMA_VERSION,
-              occurredAtMs: BigInt(d.occurredAtMs),
-              committedAtMs: BigInt(committedAtMs),
-              body: d.body
-            })
-            const encoded = encodedUpdate(update)
+              occurredAtMs: d.occurredAtMs,
+              committedAtMs
+            }, body)
             const bytes = Math.max(encoded.pb.byteLength, utf8ByteLength(encoded.json))
             if (bytes > maxEntryBytes) {
               return yield* new JournalEntryTooLarge({ topic, draft: i, bytes, limit: maxEntryBytes })
             }
-            rows.push({
-              topic,
-              seq,
-              kind: d.kind,
-              doc_key: d.docKey,
-              doc_version: d.docVersion,
-              schema_version: SCHEMA_VERSION,
-              occurred_at: new Date(d.occurredAtMs),
-              committed_at: committedAt,
-              body: JSON.stringify(documentJson(d.body)),
-              update_pb: encoded.pb,
-              update_json: encoded.json
-            })
+            cols.topic[row] = topic
+            cols.seq[row] = String(seq)
+            cols.kind[row] = d.kind
+            cols.docKey[row] = d.docKey
+            cols.docVersion[row] = String(d.docVersion)
+            cols.occurredAt[row] = new Date(d.occurredAtMs)
+            cols.body[row] = body?.json ?? "null"
+            cols.pb[row] = encoded.pb
+            cols.json[row] = encoded.json
+            row++
           }
         }
-        for (let from = 0; from < rows.length; from += INSERT_CHUNK_ROWS) {
-          const chunk = rows.slice(from, from + INSERT_CHUNK_ROWS)
-          if (Arr.isArrayNonEmpty(chunk)) yield* sql`INSERT INTO runtime.sync_stream_events ${sql.insert(chunk)}`
-        }
+        yield* sql`
+          INSERT INTO runtime.sync_stream_events
+            (topic, seq, kind, doc_key, doc_version, schema_version, occurred_at, committed_at, body, update_pb, update_json)
+          SELECT topic, seq, kind, doc_key, doc_version, ${SCHEMA_VERSION}, occurred_at, ${new Date(committedAtMs)}, body,
+                 update_pb, update_json
+          FROM unnest(${cols.topic}::text[], ${cols.seq}::bigint[], ${cols.kind}::text[], ${cols.docKey}::text[],
+                      ${cols.docVersion}::bigint[], ${cols.occurredAt}::timestamptz[], ${cols.body}::jsonb[],
+                      ${cols.pb}::bytea[], ${cols.json}::text[])
+            AS x(topic, seq, kind, doc_key, doc_version, occurred_at, body, update_pb, update_json)`
         if (options?.notify === false) return { seqs, topicSeqs }
         // One statement for every topic of the command.
         const payloads = Object.entries(topicSeqs).map(([topic, head]) => `${head} ${committedAtMs} ${topic}`)

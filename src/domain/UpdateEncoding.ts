@@ -1,0 +1,119 @@
+/**
+ * UpdateEncoding: the write-time encoding of a journal entry's `Update`, without building the
+ * message. Produces exactly `toBinary(UpdateSchema, u)` and `toJsonString(UpdateSchema, u,
+ * { useProtoFieldName: true })` (test/domain/UpdateEncoding.test.ts checks byte equality), but
+ * encodes the body (the document or event) once: a summary written to its entity topic and its
+ * user topic, or the same document in many entries of a batch, is encoded a single time and
+ * spliced behind each entry's header. The body's JSON is also what the journal's `body` column
+ * stores, so it is not rendered a third time either.
+ */
+import { toBinary } from "@bufbuild/protobuf"
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire"
+import {
+  CodexWorkerSummarySchema,
+  RunEventSchema,
+  RunSummarySchema,
+  WorkerEventSchema
+} from "../gen/openagents/sync/v1/documents_pb.ts"
+import type { Update } from "../gen/openagents/sync/v1/frames_pb.ts"
+import { documentJson } from "./DocumentJson.ts"
+import type { EncodedUpdate } from "./Protocol.ts"
+
+/** The scalar fields of an `Update` (numbers: all well inside 2^53). */
+export interface UpdateHeader {
+  readonly seq: number
+  readonly kind: string
+  readonly docKey: string
+  readonly docVersion: number
+  readonly schemaVersion: number
+  readonly occurredAtMs: number
+  readonly committedAtMs: number
+}
+
+/** An encoded `Update.body`: its oneof field, binary and proto3 JSON. */
+export interface EncodedBody {
+  readonly field: number
+  readonly jsonName: string
+  readonly pb: Uint8Array
+  /** Also the journal's `body` column. */
+  readonly json: string
+}
+
+const BODY_FIELDS = {
+  runSummary: { field: 10, jsonName: "run_summary" },
+  workerSummary: { field: 11, jsonName: "worker_summary" },
+  runEvent: { field: 12, jsonName: "run_event" },
+  workerEvent: { field: 13, jsonName: "worker_event" }
+} as const
+
+const bodyBinary = (body: Update["body"]): Uint8Array => {
+  switch (body.case) {
+    case "runSummary":
+      return toBinary(RunSummarySchema, body.value)
+    case "workerSummary":
+      return toBinary(CodexWorkerSummarySchema, body.value)
+    case "runEvent":
+      return toBinary(RunEventSchema, body.value)
+    case "workerEvent":
+      return toBinary(WorkerEventSchema, body.value)
+    case undefined:
+      return new Uint8Array(0)
+  }
+}
+
+/** Encodes a body once; `undefined` for an Update without one. */
+export const encodeBody = (body: Update["body"]): EncodedBody | undefined =>
+  body.case === undefined ? undefined : {
+    ...BODY_FIELDS[body.case],
+    pb: bodyBinary(body),
+    json: JSON.stringify(documentJson(body))
+  }
+
+/** A per-append memo: the same document object is encoded once. */
+export const bodyEncoder = () => {
+  const memo = new Map<object, EncodedBody | undefined>()
+  return (body: Update["body"]): EncodedBody | undefined => {
+    if (body.case === undefined) return undefined
+    let encoded = memo.get(body.value)
+    if (encoded === undefined) {
+      encoded = encodeBody(body)
+      memo.set(body.value, encoded)
+    }
+    return encoded
+  }
+}
+
+/** header + encoded body → the stored `Update` encodings (proto3: zero scalars are omitted). */
+export const encodeUpdate = (h: UpdateHeader, body: EncodedBody | undefined): EncodedUpdate => {
+  const w = new BinaryWriter()
+  let json = "{"
+  let sep = ""
+  const u64 = (field: number, name: string, v: number) => {
+    if (v === 0) return
+    w.tag(field, WireType.Varint).uint64(v)
+    json += `${sep}"${name}":"${v}"`
+    sep = ","
+  }
+  const str = (field: number, name: string, v: string) => {
+    if (v === "") return
+    w.tag(field, WireType.LengthDelimited).string(v)
+    json += `${sep}"${name}":${JSON.stringify(v)}`
+    sep = ","
+  }
+  u64(1, "seq", h.seq)
+  str(2, "kind", h.kind)
+  str(3, "doc_key", h.docKey)
+  u64(4, "doc_version", h.docVersion)
+  if (h.schemaVersion !== 0) {
+    w.tag(5, WireType.Varint).uint32(h.schemaVersion)
+    json += `${sep}"schema_version":${h.schemaVersion}`
+    sep = ","
+  }
+  u64(6, "occurred_at_ms", h.occurredAtMs)
+  u64(7, "committed_at_ms", h.committedAtMs)
+  if (body) {
+    w.tag(body.field, WireType.LengthDelimited).bytes(body.pb)
+    json += `${sep}"${body.jsonName}":${body.json}`
+  }
+  return { pb: w.finish(), json: json + "}" }
+}
