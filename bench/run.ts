@@ -80,7 +80,8 @@ if (flags.help) {
   --ingest-batch=N        events per batched-ingest request (default 500)
   --batch=N               Khala live publishers and replay loading coalesce concurrent publishes into
                           batch requests of at most N events (default 1000; 0: one command per publish)
-  --window=N              in-flight acknowledged publishes of a saturating publisher (default 32)
+  --window=N              in-flight acknowledged publishes of a saturating publisher (default 1000: enough
+                          that no system is bound by its publish acknowledgement latency)
   --pad=N                 payload padding bytes (default 200: ~300-byte messages)
   --scale-subscribers=100,500,1000 --scale-topics=100,500,1000 --scale-retained=10000,50000,100000
   --timeout=S             hard limit for the whole run (default 3600, quick 600)
@@ -108,7 +109,7 @@ const opts = {
   batchWriters: list(flags["batch-writers"], [1, 4]),
   ingestBatch: num(flags["ingest-batch"], 500),
   batch: num(flags.batch, 1000),
-  window: num(flags.window, 32),
+  window: num(flags.window, 1000),
   padBytes: num(flags.pad, 200),
   scaleSubscribers: list(flags["scale-subscribers"], quick ? [50, 100, 200] : [100, 500, 1000]),
   scaleTopics: list(flags["scale-topics"], quick ? [50, 100, 200] : [100, 500, 1000]),

@@ -30,18 +30,21 @@ import { CommandRoutes } from "./http/CommandRoutes.ts"
 import { AdminRoutes, HealthRoutes, MetricsRoute } from "./http/OperatorRoutes.ts"
 import { SyncRoutes } from "./http/SyncRoutes.ts"
 
+/** One hub per node: the sync lane's actors, which local commits also hand their entries to. */
+const TopicHubLive = TopicHub.layer.pipe(Layer.provide(Journal.layer))
+
 /** Services that need only the database and the config. */
 const BaseServices = Layer.mergeAll(
   Journal.layer,
   EventStore.layer,
   Idempotency.layer,
-  CommandRunner.layer,
+  CommandRunner.layer.pipe(Layer.provide(TopicHubLive)),
   ReadModels.layer,
   TopicAccess.layer,
   TokenVerifier.layer,
   TokenIssuer.layer,
   Lifecycle.layer,
-  TopicHub.layer.pipe(Layer.provide(Journal.layer)),
+  TopicHubLive,
   Retention.layer
 )
 

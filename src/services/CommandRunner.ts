@@ -2,15 +2,17 @@
  * CommandRunner: the envelope of every appending command — one Postgres transaction, the commit
  * latency histogram, the outcome counter, and the mapping of unexpected database failures to a
  * typed `internal` error (counted as a projection write failure). Nothing is delivered before
- * commit: journal notifications are transactional `pg_notify`s.
+ * commit: journal notifications are transactional `pg_notify`s, and the entries the transaction
+ * appended are handed to this node's TopicHub only once the commit succeeded.
  */
 import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
-import { JournalEntryTooLarge } from "./Journal.ts"
+import { JournalEntryTooLarge, PendingDelivery } from "./Journal.ts"
 import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
+import { TopicHub } from "./TopicHub.ts"
 
 export interface CommandResult {
   readonly status: number
@@ -32,13 +34,16 @@ export class CommandRunner extends Context.Service<CommandRunner, {
     CommandRunner,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
+      const hub = yield* TopicHub
       const transact = <A extends CommandResult, E, R>(
         command: string,
         body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>
       ): Effect.Effect<A, E | ApiError, R> =>
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
-          const result = yield* sql.withTransaction(body).pipe(
+          const pending: PendingDelivery["Service"] = new Map()
+          const generation = hub.generation()
+          const result = yield* sql.withTransaction(Effect.provideService(body, PendingDelivery, pending)).pipe(
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
               Effect.fail(
                 apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
@@ -60,6 +65,8 @@ export class CommandRunner extends Context.Service<CommandRunner, {
               )
             )
           )
+          // Committed: this node's subscribers get the entries now, without a journal read.
+          hub.deliverCommitted(pending, generation)
           const end = yield* Clock.currentTimeMillis
           yield* Metric.update(commandCommitDurationMs, end - start)
           yield* Metric.update(

@@ -15,7 +15,7 @@
  * retention job read.
  */
 import { toJson } from "@bufbuild/protobuf"
-import { Context, Effect, Layer, Schema } from "effect"
+import { Context, Effect, Layer, Option, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
@@ -61,6 +61,16 @@ export interface TopicPosition {
   readonly floorSeq: number
   readonly headSeq: number
 }
+
+/**
+ * The entries a transaction appended (with notifications), by topic in seq order. The command
+ * envelope provides one per transaction and hands it to this node's TopicHub after the commit, so
+ * local subscribers get the entries without reading them back from Postgres (other nodes, and
+ * anything this fast path misses, still go through the notification and a journal read).
+ */
+export class PendingDelivery extends Context.Service<PendingDelivery, Map<string, Array<StoredEntry>>>()(
+  "khala/services/Journal/PendingDelivery"
+) {}
 
 /** `{topic: last seq appended to it}` for one command. */
 export type TopicSeqs = Record<string, number>
@@ -146,6 +156,7 @@ export class Journal extends Context.Service<Journal, {
           pb: new Array<Uint8Array>(n),
           json: new Array<string>(n)
         }
+        const pending = options?.notify === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(PendingDelivery))
         const encodeBodyOnce = bodyEncoder()
         let row = 0
         for (const [topic, indexes] of byTopic) {
@@ -181,6 +192,12 @@ export class Journal extends Context.Service<Journal, {
             cols.pb[row] = encoded.pb
             cols.json[row] = encoded.json
             row++
+            if (pending) {
+              const list = pending.get(topic)
+              const entry = { seq, pb: encoded.pb, json: encoded.json }
+              if (list) list.push(entry)
+              else pending.set(topic, [entry])
+            }
           }
         }
         yield* sql`

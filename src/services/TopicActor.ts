@@ -3,8 +3,9 @@
  * entries, and its live subscribers — run as one fiber fed by a bounded mailbox.
  *
  * Invariants:
- * - Entries are read from the journal once per topic (not per subscriber) and each frame is
- *   encoded once per subprotocol in use; every subscriber gets the same bytes.
+ * - Entries come from this node's commits directly (`Entries`) or are read from the journal once
+ *   per topic on a notification (not per subscriber); each frame is encoded once per subprotocol
+ *   in use; every subscriber gets the same bytes.
  * - Per subscriber, seqs are delivered strictly increasing with no gap: a subscriber joins with
  *   the last seq it was sent (by its own replay), the actor sends ring entries after it, then
  *   `CaughtUp`, then live entries, filtering by the subscriber's `lastSent`.
@@ -54,6 +55,8 @@ export type ActorMessage =
   }
   | { readonly _tag: "Leave"; readonly subscriber: Subscriber; readonly evicted: boolean }
   | { readonly _tag: "Resync"; readonly epoch: string | undefined }
+  /** Entries a local transaction committed (seq order); a gap before them is read from the journal. */
+  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<StoredEntry> }
 
 export interface ActorSettings {
   readonly ringCapacity: number
@@ -246,6 +249,23 @@ export const runTopicActor = (options: {
           case "Notify": {
             handle.notifyQueued = false
             yield* readUpTo(handle.pendingNotifySeq)
+            return
+          }
+          case "Entries": {
+            const entries = m.entries
+            const last = entries[entries.length - 1]!.seq
+            if (last <= head) return // already read (its notification won the race)
+            if (entries[0]!.seq > head + 1) {
+              // Entries before these are not here yet (another transaction's hand-over is still on
+              // its way): they are committed, so the journal has them.
+              yield* readUpTo(last)
+              return
+            }
+            const fresh = entries[0]!.seq > head ? entries : entries.filter((e) => e.seq > head)
+            head = last
+            handle.stats.headSeq = head
+            pushRing(fresh)
+            deliver(fresh)
             return
           }
           case "Join":

@@ -1,13 +1,14 @@
 /**
  * TopicHub: the registry of topic actors on this node. An actor starts with its first
- * subscription (`acquire`) and retires after `topicIdleTtlMs` without one. The JournalFeed routes
- * `(topic, seq)` notifications here; topics without an actor on this node are ignored (nobody
- * here is listening, and a later subscriber reads the journal).
+ * subscription (`acquire`) and retires after `topicIdleTtlMs` without one. Local commits hand their
+ * entries here directly (`deliverCommitted`); the JournalFeed routes `(topic, seq)` notifications
+ * of every commit (this node's and others') here too. Topics without an actor on this node are
+ * ignored (nobody here is listening, and a later subscriber reads the journal).
  */
 import { Context, Deferred, Effect, Layer, Metric, Queue } from "effect"
 import type { SqlError } from "effect/sql/SqlError"
 import { KhalaConfig } from "../layers/Config.ts"
-import { Journal } from "./Journal.ts"
+import { Journal, type StoredEntry } from "./Journal.ts"
 import { topicQueueDepth } from "./Metrics.ts"
 import {
   type ActorMessage,
@@ -41,6 +42,14 @@ export interface TopicReport extends TopicStats {
 export class TopicHub extends Context.Service<TopicHub, {
   readonly acquire: (topic: string) => Effect.Effect<TopicLease>
   readonly notify: (topic: string, seq: number) => Effect.Effect<void>
+  /**
+   * Entries a local transaction just committed (by topic, in seq order), straight to the actors
+   * of their topics. `generation` is `generation()` read before the transaction began: if a resync
+   * (epoch change, listener reconnect) happened since, the actors re-read the journal instead.
+   */
+  readonly deliverCommitted: (entries: ReadonlyMap<string, ReadonlyArray<StoredEntry>>, generation: number) => void
+  /** Counts resyncs; see `deliverCommitted`. */
+  readonly generation: () => number
   /** After a listener reconnect or an epoch change: every actor re-reads its position. */
   readonly resyncAll: (epoch: string | undefined) => Effect.Effect<void>
   readonly report: (limit: number) => Effect.Effect<ReadonlyArray<TopicReport>>
@@ -124,8 +133,21 @@ export class TopicHub extends Context.Service<TopicHub, {
           if (handle) notifyActor(handle, seq)
         })
 
+      let generation = 0
+      const deliverCommitted = (entries: ReadonlyMap<string, ReadonlyArray<StoredEntry>>, since: number) => {
+        for (const [topic, list] of entries) {
+          const handle = actors.get(topic)
+          if (!handle || list.length === 0) continue
+          // A full mailbox (or a resync in between) falls back to the notification path.
+          if (since !== generation || !Queue.offerUnsafe(handle.mailbox, { _tag: "Entries", entries: list })) {
+            notifyActor(handle, list[list.length - 1]!.seq)
+          }
+        }
+      }
+
       const resyncAll = (epoch: string | undefined) =>
         Effect.sync(() => {
+          generation++
           for (const handle of actors.values()) {
             // A full mailbox must not lose a resync: the actor checks the flag after every message.
             if (!Queue.offerUnsafe(handle.mailbox, { _tag: "Resync", epoch })) handle.resyncPending = true
@@ -144,7 +166,15 @@ export class TopicHub extends Context.Service<TopicHub, {
           return rows.slice(0, Math.max(0, limit))
         })
 
-      return TopicHub.of({ acquire, notify, resyncAll, report, activeTopics: Effect.sync(() => actors.size) })
+      return TopicHub.of({
+        acquire,
+        notify,
+        deliverCommitted,
+        generation: () => generation,
+        resyncAll,
+        report,
+        activeTopics: Effect.sync(() => actors.size)
+      })
     })
   )
 }

@@ -1,0 +1,105 @@
+/**
+ * Local delivery: a commit hands its entries to this node's topic actors directly, so live
+ * subscribers get them without the journal being read back. These tests run WITHOUT the journal
+ * listener (no `JournalFeedLive`): every entry a subscriber receives here came either from the
+ * commit hand-over or from the actor's own journal read when the hand-over could not be used
+ * (a gap before the handed-over entries, a resync in between).
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import { Effect, Result } from "effect"
+import { SqlClient } from "effect/sql"
+import { decodeServerFrame, type EncodedFrame, PROTO_SUBPROTOCOL } from "../../src/domain/Protocol.ts"
+import { Journal, type JournalDraft, PendingDelivery } from "../../src/services/Journal.ts"
+import { RunCommands } from "../../src/services/RunCommands.ts"
+import type { Subscriber } from "../../src/services/TopicActor.ts"
+import { TopicHub } from "../../src/services/TopicHub.ts"
+import { testServices } from "../support/TestApp.ts"
+
+/** A subscriber that records the seqs of the entries it is sent. */
+const recorder = () => {
+  const seqs: Array<number> = []
+  const subscriber: Subscriber = {
+    connectionId: "c1",
+    subprotocol: PROTO_SUBPROTOCOL,
+    offer: (frame: EncodedFrame) => {
+      const decoded = decodeServerFrame(PROTO_SUBPROTOCOL, frame)
+      if (Result.isSuccess(decoded) && decoded.success.frame.case === "updates") {
+        for (const item of decoded.success.frame.value.items) seqs.push(Number(item.seq))
+      }
+      return true
+    },
+    onEpochChanged: () => {}
+  }
+  return { seqs, subscriber }
+}
+
+const waitFor = (what: string, cond: () => boolean) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 500; i++) {
+      if (cond()) return
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
+    }
+    assert.fail(`timed out waiting for ${what}`)
+  })
+
+const draft = (n: number): JournalDraft => ({
+  topic: "run/ld",
+  kind: "run.event",
+  docKey: `run_event:ld:x${n}`,
+  docVersion: 1,
+  occurredAtMs: 1,
+  body: { case: undefined }
+})
+
+layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
+  describe("commit hand-over", () => {
+    it.effect("entries reach a live subscriber with no listener running; a gap or a resync falls back to a journal read", () =>
+      Effect.gen(function*() {
+        const runs = yield* RunCommands
+        const hub = yield* TopicHub
+        const journal = yield* Journal
+        const sql = yield* SqlClient.SqlClient
+        yield* runs.appendEvent("ld", { type: "run.created", owner_user_id: "u" }, undefined) // seqs 1, 2
+        const epoch = yield* journal.epoch
+        const lease = yield* hub.acquire("run/ld")
+        const { seqs, subscriber } = recorder()
+        const joined = yield* lease.join(subscriber, epoch, 2, 2)
+        assert.deepStrictEqual(joined, { _tag: "Joined", caughtUpSeq: 2 })
+
+        // 1. a command's entries arrive through the hand-over (nothing else could deliver them)
+        yield* runs.appendEvent("ld", { type: "run.started" }, undefined) // seqs 3, 4
+        yield* waitFor("seqs 3, 4", () => seqs.length === 2)
+        assert.deepStrictEqual(seqs, [3, 4])
+
+        // 2. entries committed without a hand-over (seqs 5, 6), then a hand-over of seq 7:
+        //    the actor sees the gap and reads 5 and 6 from the journal first
+        yield* sql.withTransaction(journal.appendAll([draft(5), draft(6)], 1))
+        const pending: PendingDelivery["Service"] = new Map()
+        const generation = hub.generation()
+        yield* sql.withTransaction(journal.appendAll([draft(7)], 1).pipe(Effect.provideService(PendingDelivery, pending)))
+        assert.deepStrictEqual(pending.get("run/ld")?.map((e) => e.seq), [7])
+        hub.deliverCommitted(pending, generation)
+        yield* waitFor("seqs 5..7", () => seqs.length === 5)
+        assert.deepStrictEqual(seqs, [3, 4, 5, 6, 7])
+
+        // 3. a hand-over already covered by a journal read is dropped, not delivered twice
+        hub.deliverCommitted(pending, hub.generation())
+        // 4. a resync between the transaction and its hand-over: the actor re-reads instead
+        const before = hub.generation()
+        const pending8: PendingDelivery["Service"] = new Map()
+        yield* sql.withTransaction(journal.appendAll([draft(8)], 1).pipe(Effect.provideService(PendingDelivery, pending8)))
+        yield* hub.resyncAll(undefined)
+        hub.deliverCommitted(pending8, before)
+        yield* waitFor("seq 8", () => seqs.length === 6)
+        assert.deepStrictEqual(seqs, [3, 4, 5, 6, 7, 8])
+
+        // 5. a rolled-back transaction hands nothing over
+        const failed = yield* runs.appendEvent("ld", { type: "run.bogus" }, undefined).pipe(Effect.flip)
+        assert.strictEqual(failed.code, "invalid_request")
+        yield* runs.appendEvent("ld", { type: "run.step" }, undefined) // seqs 9, 10
+        yield* waitFor("seqs 9, 10", () => seqs.length === 8)
+        assert.deepStrictEqual(seqs, [3, 4, 5, 6, 7, 8, 9, 10])
+        yield* lease.release(subscriber)
+      }))
+  })
+})
