@@ -38,7 +38,8 @@ import {
   type Subprotocol
 } from "../domain/Protocol.ts"
 import type { KhalaSettings } from "../layers/Config.ts"
-import { Journal } from "./Journal.ts"
+import type { SqlError } from "effect/sql/SqlError"
+import { Journal, type StoredEntry } from "./Journal.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import {
   authFailures,
@@ -72,7 +73,7 @@ export interface SocketPort {
   readonly destroy: () => void
 }
 
-const REPLAY_BATCH = 2000
+const REPLAY_BATCH = 5000
 const MAX_ITEMS_PER_FRAME = 512
 /** Over-limit frames in one second beyond which rate limiting becomes fatal. */
 const RATE_ABUSE_FACTOR = 2
@@ -196,6 +197,9 @@ export const runConnection = (port: SocketPort) =>
         let last = afterSeq
         let exhausted = last >= position.headSeq
         let behind = false
+        const encoding = subprotocol === "khala.v1.proto" ? "pb" : "json"
+        const readPage = (after: number) => journal.read(sub.topic, after, REPLAY_BATCH, encoding)
+        let prefetched: { readonly after: number; readonly fiber: Fiber.Fiber<ReadonlyArray<StoredEntry>, SqlError> } | undefined
         while (true) {
           if (exhausted) {
             const joined = yield* sub.lease.join(sub.subscriber, position.epoch, last, position.headSeq)
@@ -212,7 +216,15 @@ export const runConnection = (port: SocketPort) =>
             exhausted = false
             behind = true
           }
-          const rows = yield* journal.read(sub.topic, last, REPLAY_BATCH, subprotocol === "khala.v1.proto" ? "pb" : "json")
+          // The page after a full one is read while this one is being sent (`prefetched`).
+          const rows = prefetched && prefetched.after === last
+            ? yield* Fiber.join(prefetched.fiber)
+            : yield* readPage(last)
+          prefetched = undefined
+          if (rows.length === REPLAY_BATCH && rows[0]!.seq === last + 1) {
+            const after = rows[rows.length - 1]!.seq
+            prefetched = { after, fiber: yield* Effect.forkChild(readPage(after)) }
+          }
           // The actor is ahead of `last` but the journal has nothing after it: entries were removed
           // under us (never in normal operation); the cursor cannot be served.
           const vanished = behind && rows.length === 0
