@@ -487,6 +487,22 @@ const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => stri
     if (result.bytes > 0) record(scenario, server.system, "replay MB/s", result.bytes / s / 1e6, "MB/s", "info")
     record(scenario, server.system, "entries", result.entries, "entries", "info")
     record(scenario, server.system, "load rate (concurrency " + opts.window + ")", (loadedTotal / loadMs) * 1000, khala ? "commits/s" : "msg/s", "info")
+    if (sio) continue // a Socket.IO recovery is one disconnection's; it cannot be repeated
+    // The same replay again: the first read of freshly written rows also pays Postgres' first-read
+    // costs (hint bits), which a journal that has been retained for a while no longer has.
+    const again = await withGens(1, async ([rg]) => {
+      rg!.start({ kind: "replay", target: server.target, topic, expected })
+      await rg!.next("ready")
+      rg!.send({ type: "go" })
+      return rg!.result<ReplayResult>()
+    })
+    if (again.gaps + again.duplicates > 0 || !again.complete || again.entries !== expected) {
+      outcome.failures.push(`${scenario} (repeat): ${again.entries} of ${expected} entries, ${again.gaps} gaps, ${again.duplicates} duplicates (${again.errors.join("; ")})`)
+      continue
+    }
+    const s2 = again.elapsedMs / 1000
+    log(`    repeat: ${again.entries} entries replayed in ${s2.toFixed(3)} s = ${(again.entries / s2).toFixed(0)}/s`)
+    record(scenario, server.system, "replay time (repeat)", s2, "s", "lower")
   }
 }
 
@@ -519,7 +535,7 @@ if (opts.scaling) {
   params["publish duration"] = `${opts.durationMs} ms`
   params["latency rate"] = `${opts.rate}/s`
   params["publisher window"] = String(opts.window)
-  params["Khala publisher"] = opts.batch > 0 ? `batch endpoint, ≤ ${opts.batch} events per request, one in flight` : "one HTTP command per publish"
+  params["Khala publisher"] = opts.batch > 0 ? `batch endpoint, ≤ ${opts.batch} events per request, two in flight` : "one HTTP command per publish"
   if (wanted("idle")) plan.push({ name: "idle", systems: everyone, fn: idle })
   if (wanted("fanout")) plan.push({ name: "fanout", systems: everyone, fn: fanout("fanout", opts.subscribers, "khala.v1.proto") })
   if (wanted("fanout-json")) plan.push({ name: "fanout (JSON)", systems: ["khala"], fn: fanout("fanout (JSON)", opts.subscribers, "khala.v1.json") })
@@ -690,8 +706,12 @@ const evaluateTargets = (): Array<Target_> => {
   t(`commit→client p99 ≤ 15 ms (${subs} subs, ${opts.rate}/s)`, value("latency", "khala", "latency p99"), (v) => v <= 15, (v) => `${v.toFixed(2)} ms${over}`)
   const rt = value("replay", "khala", "replay time")
   const re = value("replay", "khala", "entries")
-  t(`replay of 100k entries ≤ 0.4 s${opts.replayEntries !== 100_000 ? ` (scaled to ${opts.replayEntries}: ≤ ${(0.4 * opts.replayEntries / 100_000).toFixed(2)} s)` : ""}`,
+  const scaled = opts.replayEntries !== 100_000 ? ` (scaled to ${opts.replayEntries}: ≤ ${(0.4 * opts.replayEntries / 100_000).toFixed(2)} s)` : ""
+  t(`replay of 100k entries ≤ 0.4 s, first read after loading${scaled}`,
     rt === undefined || re === undefined ? undefined : rt * (100_000 / re), (v) => v <= 0.4, (v) => `${rt!.toFixed(3)} s for ${re} (${v.toFixed(3)} s per 100k)`)
+  const rt2 = value("replay", "khala", "replay time (repeat)")
+  t(`replay of 100k entries ≤ 0.4 s, repeated${scaled}`,
+    rt2 === undefined || re === undefined ? undefined : rt2 * (100_000 / re), (v) => v <= 0.4, (v) => `${rt2!.toFixed(3)} s for ${re} (${v.toFixed(3)} s per 100k)`)
   t("idle memory ≤ 10 KB per connection", value("idle", "khala", "RSS per connection"), (v) => v <= 10, (v) => `${v.toFixed(1)} KB`)
   t("idle memory ≤ 1.5× raw ws", ratio("idle", "RSS per connection", "ws"), (v) => v <= 1.5, (v) => `${v.toFixed(2)}×`)
   const ing = opts.batchWriters.map((w) => value(ingestBatchScenario(w), "khala", "acknowledged writes/s")).filter((v): v is number => v !== undefined)

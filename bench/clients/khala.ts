@@ -1,7 +1,7 @@
 /**
  * Khala adapter: subscribers over `/sync/v1` (either subprotocol; one topic per connection),
  * publishers through the HTTP command path (`run.step` appends; one command per publish, or
- * coalesced into batch requests when `target.batch` is set), replay from seq 0.
+ * coalesced into batch requests, two in flight, when `target.batch` is set), replay from seq 0.
  *
  * Bench topic `x` is the run `x` (Khala topic `run/x`, owned by user `o-x`). Every published
  * `run.step` yields two entries on `run/x` (the event and the run summary); the bench counts the
@@ -17,6 +17,12 @@ const SLOW_CONSUMER_CLOSE = 4009
 
 const runPath = (topic: string) => `/internal/v1/runs/${encodeURIComponent(topic)}/events`
 const BATCH_PATH = "/internal/v1/runs/events/batch"
+/**
+ * Two batches in flight: one commits while the daemon validates and projects the next, so
+ * Postgres' fsync and the daemon's CPU overlap. (Two batches may touch the same run; the server
+ * orders them by their row locks, and the bench checks seqs, not publish order.)
+ */
+const MAX_BATCHES_IN_FLIGHT = 2
 
 export const khalaClients = (target: Target): ClientFactory => {
   const subprotocol = target.subprotocol ?? "khala.v1.proto"
@@ -132,16 +138,16 @@ export const khalaClients = (target: Target): ClientFactory => {
       readonly reject: (e: Error) => void
     }
     const queue: Array<Pending> = []
-    let inFlight = false
+    let inFlight = 0
     const flush = () => {
-      if (inFlight || queue.length === 0) return
-      inFlight = true
+      if (inFlight >= MAX_BATCHES_IN_FLIGHT || queue.length === 0) return
+      inFlight++
       const items = queue.splice(0, target.batch!)
       postBatch(batchOf(items.map((p) => p.json)), items.length).then(
         (errors) => items.forEach((p, i) => (errors[i] === undefined ? p.resolve() : p.reject(new Error(errors[i])))),
         (e: unknown) => items.forEach((p) => p.reject(e instanceof Error ? e : new Error(String(e))))
       ).finally(() => {
-        inFlight = false
+        inFlight--
         flush()
       })
     }

@@ -131,8 +131,8 @@ export interface Target {
   readonly subprotocol?: KhalaSubprotocol
   /**
    * Khala: publish through `POST /internal/v1/runs/events/batch`, coalescing the publishes that
-   * arrive while a batch is committing into the next one (at most this many events per batch; one
-   * batch in flight, so per-topic order is kept). Unset: one HTTP command per publish.
+   * arrive while batches are committing into the next one (at most this many events per batch; two
+   * batches in flight). Unset: one HTTP command per publish.
    */
   readonly batch?: number
 }
