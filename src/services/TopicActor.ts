@@ -207,6 +207,25 @@ export const runTopicActor = (options: {
         handle.stats.headSeq = head
       })
 
+    /** Takes a local hand-over into the ring; `out` collects what is still to be delivered. */
+    const acceptEntries = (entries: ReadonlyArray<StoredEntry>, out: Array<StoredEntry>) =>
+      Effect.gen(function*() {
+        const last = entries[entries.length - 1]!.seq
+        if (last <= head) return // already read (its notification won the race)
+        if (entries[0]!.seq > head + 1) {
+          // Entries before these are not here yet (another transaction's hand-over is still on
+          // its way): they are committed, so the journal has them.
+          deliver(out.splice(0))
+          yield* readUpTo(last)
+          return
+        }
+        const fresh = entries[0]!.seq > head ? entries : entries.filter((e) => e.seq > head)
+        head = last
+        handle.stats.headSeq = head
+        pushRing(fresh)
+        for (const e of fresh) out.push(e)
+      })
+
     const onJoin = (m: Extract<ActorMessage, { _tag: "Join" }>) =>
       Effect.gen(function*() {
         if (m.epoch !== epoch) {
@@ -243,7 +262,7 @@ export const runTopicActor = (options: {
         yield* Deferred.succeed(m.reply, { _tag: "Joined", caughtUpSeq } as const)
       })
 
-    const handleMessage = (m: ActorMessage) =>
+    const handleMessage = (m: ActorMessage): Effect.Effect<void, SqlError> =>
       Effect.gen(function*() {
         switch (m._tag) {
           case "Notify": {
@@ -252,20 +271,19 @@ export const runTopicActor = (options: {
             return
           }
           case "Entries": {
-            const entries = m.entries
-            const last = entries[entries.length - 1]!.seq
-            if (last <= head) return // already read (its notification won the race)
-            if (entries[0]!.seq > head + 1) {
-              // Entries before these are not here yet (another transaction's hand-over is still on
-              // its way): they are committed, so the journal has them.
-              yield* readUpTo(last)
-              return
+            // Adaptive batching: hand-overs that queued up while we were busy go out together, as
+            // one frame per subscriber instead of one per commit. An idle actor sends at once.
+            const out: Array<StoredEntry> = []
+            let m2: ActorMessage | undefined = m
+            while (m2 !== undefined && m2._tag === "Entries") {
+              yield* acceptEntries(m2.entries, out)
+              m2 = undefined
+              if (out.length >= settings.maxItemsPerFrame) break
+              const more = Queue.takeUnsafe(handle.mailbox)
+              if (more !== undefined && more._tag === "Success") m2 = more.value
             }
-            const fresh = entries[0]!.seq > head ? entries : entries.filter((e) => e.seq > head)
-            head = last
-            handle.stats.headSeq = head
-            pushRing(fresh)
-            deliver(fresh)
+            deliver(out)
+            if (m2 !== undefined) yield* handleMessage(m2)
             return
           }
           case "Join":

@@ -18,19 +18,22 @@ import { testServices } from "../support/TestApp.ts"
 /** A subscriber that records the seqs of the entries it is sent. */
 const recorder = () => {
   const seqs: Array<number> = []
+  const frames: Array<Array<number>> = []
   const subscriber: Subscriber = {
     connectionId: "c1",
     subprotocol: PROTO_SUBPROTOCOL,
     offer: (frame: EncodedFrame) => {
       const decoded = decodeServerFrame(PROTO_SUBPROTOCOL, frame)
       if (Result.isSuccess(decoded) && decoded.success.frame.case === "updates") {
-        for (const item of decoded.success.frame.value.items) seqs.push(Number(item.seq))
+        const items = decoded.success.frame.value.items.map((item) => Number(item.seq))
+        frames.push(items)
+        seqs.push(...items)
       }
       return true
     },
     onEpochChanged: () => {}
   }
-  return { seqs, subscriber }
+  return { seqs, frames, subscriber }
 }
 
 const waitFor = (what: string, cond: () => boolean) =>
@@ -62,7 +65,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         yield* runs.appendEvent("ld", { type: "run.created", owner_user_id: "u" }, undefined) // seqs 1, 2
         const epoch = yield* journal.epoch
         const lease = yield* hub.acquire("run/ld")
-        const { seqs, subscriber } = recorder()
+        const { frames, seqs, subscriber } = recorder()
         const joined = yield* lease.join(subscriber, epoch, 2, 2)
         assert.deepStrictEqual(joined, { _tag: "Joined", caughtUpSeq: 2 })
 
@@ -99,6 +102,19 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         yield* runs.appendEvent("ld", { type: "run.step" }, undefined) // seqs 9, 10
         yield* waitFor("seqs 9, 10", () => seqs.length === 8)
         assert.deepStrictEqual(seqs, [3, 4, 5, 6, 7, 8, 9, 10])
+
+        // 6. hand-overs that queue up while the actor is busy go out as one frame
+        const queued: Array<PendingDelivery["Service"]> = []
+        for (const n of [11, 12, 13]) {
+          const p: PendingDelivery["Service"] = new Map()
+          yield* sql.withTransaction(journal.appendAll([draft(n)], 1).pipe(Effect.provideService(PendingDelivery, p)))
+          queued.push(p)
+        }
+        const g = hub.generation()
+        const framesBefore = frames.length
+        yield* Effect.sync(() => queued.forEach((p) => hub.deliverCommitted(p, g))) // the actor cannot run in between
+        yield* waitFor("seqs 11..13", () => seqs.length === 11)
+        assert.deepStrictEqual(frames.slice(framesBefore), [[11, 12, 13]])
         yield* lease.release(subscriber)
       }))
   })
