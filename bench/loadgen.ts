@@ -83,6 +83,7 @@ const run = async (job: Job) => {
 
 const subscribe = async (f: ClientFactory, job: SubscribeJob) => {
   const stats = new SubStats()
+  if (job.trackDeliveries) stats.deliveries = []
   const conns: Array<SubConn> = []
   let failed = 0
   const failures: Array<string> = []
@@ -117,6 +118,19 @@ const subscribe = async (f: ClientFactory, job: SubscribeJob) => {
   const deadline = Date.now() + e.timeoutMs
   while (missing() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   const left = missing()
+  let ackToClient: Histogram | undefined
+  let beforeAck = 0
+  if (stats.deliveries && e.acks) {
+    ackToClient = new Histogram()
+    const d = stats.deliveries
+    for (let i = 0; i < d.length; i += 2) {
+      const ack = e.acks[d[i]!.toFixed(3)]
+      if (ack === undefined) continue
+      const ms = d[i + 1]! - ack
+      if (ms < 0) beforeAck++
+      ackToClient.record(Math.max(0, ms))
+    }
+  }
   const result: SubscribeResult = {
     conns: conns.length,
     subscriptions: states.length,
@@ -134,6 +148,7 @@ const subscribe = async (f: ClientFactory, job: SubscribeJob) => {
     lastMsgMs: stats.lastMsgMs,
     latency: stats.latency.toJSON(),
     commitLatency: stats.commitLatency.toJSON(),
+    ...(ackToClient ? { ackToClient: ackToClient.toJSON(), beforeAck } : {}),
     reconnects: stats.reconnects,
     errors: stats.errors,
     cpuMs: cpuMs(cpu0)
@@ -161,6 +176,7 @@ const drive = async (pub: Publisher, job: PublishJob): Promise<Omit<PublishResul
     issuedN[t] = job.firstN ?? 0
   }
   const ack = new Histogram()
+  const acks: Record<string, number> | undefined = job.trackAcks ? {} : undefined
   let published = 0
   let errors = 0
   const errorSamples: Array<string> = []
@@ -177,10 +193,11 @@ const drive = async (pub: Publisher, job: PublishJob): Promise<Omit<PublishResul
     issued++
     const t0 = nowMs()
     try {
-      await pub.publish(topic, n, job.padBytes)
+      const sent = await pub.publish(topic, n, job.padBytes)
       published++
       counts[topic]!++
       const t1 = nowMs()
+      if (acks && typeof sent === "number") acks[sent.toFixed(3)] = t1
       ack.record(t1 - t0)
       if (t1 > endMs) endMs = t1
     } catch (e) {
@@ -208,7 +225,7 @@ const drive = async (pub: Publisher, job: PublishJob): Promise<Omit<PublishResul
     }
     await Promise.all(inflight)
   }
-  return { counts, published, startMs, endMs, errors, errorSamples, ackLatency: ack.toJSON(), cpuMs: cpuMs(cpu0) }
+  return { counts, published, startMs, endMs, errors, errorSamples, ackLatency: ack.toJSON(), ...(acks ? { acks } : {}), cpuMs: cpuMs(cpu0) }
 }
 
 /** N writers, each with one acknowledged publish (or batch) in flight on its own topic. */

@@ -134,7 +134,8 @@ export const khalaClients = (target: Target): ClientFactory => {
     // the next one. An idle publisher sends at once (a batch of one), so this adds no latency.
     interface Pending {
       readonly json: string
-      readonly resolve: () => void
+      readonly ts: number
+      readonly resolve: (ts: number) => void
       readonly reject: (e: Error) => void
     }
     const queue: Array<Pending> = []
@@ -144,7 +145,7 @@ export const khalaClients = (target: Target): ClientFactory => {
       inFlight++
       const items = queue.splice(0, target.batch!)
       postBatch(batchOf(items.map((p) => p.json)), items.length).then(
-        (errors) => items.forEach((p, i) => (errors[i] === undefined ? p.resolve() : p.reject(new Error(errors[i])))),
+        (errors) => items.forEach((p, i) => (errors[i] === undefined ? p.resolve(p.ts) : p.reject(new Error(errors[i])))),
         (e: unknown) => items.forEach((p) => p.reject(e instanceof Error ? e : new Error(String(e))))
       ).finally(() => {
         inFlight--
@@ -171,13 +172,16 @@ export const khalaClients = (target: Target): ClientFactory => {
       },
       publish: target.batch
         ? (topic, n, padBytes) =>
-          new Promise<void>((resolve, reject) => {
-            queue.push({ json: `{"run_id":${JSON.stringify(topic)},${stepJson(n, padBytes, nowMs())}}`, resolve, reject })
+          new Promise<number>((resolve, reject) => {
+            const ts = nowMs()
+            queue.push({ json: `{"run_id":${JSON.stringify(topic)},${stepJson(n, padBytes, ts)}}`, ts, resolve, reject })
             flush()
           })
         : async (topic, n, padBytes) => {
-          const r = await http.request("POST", runPath(topic), service, `{${stepJson(n, padBytes, nowMs())}}`)
+          const ts = nowMs()
+          const r = await http.request("POST", runPath(topic), service, `{${stepJson(n, padBytes, ts)}}`)
           if (r.status !== 201) throw new Error(`append ${topic}: ${r.status} ${r.body.slice(0, 200)}`)
+          return ts
         },
       publishMany: async (topic, n, count, padBytes) => {
         const ts = nowMs()

@@ -33,6 +33,8 @@ export class SubStats {
   readonly errors: Array<string> = []
   /** Receive time of the frame being processed (one clock read per frame). */
   now = 0
+  /** When set: every delivery of a published message as a (send marker, receive time) pair. */
+  deliveries: Array<number> | undefined
 
   frame(bytes: number) {
     this.now = nowMs()
@@ -59,6 +61,7 @@ export class SubStats {
       this.messages++
       this.lastMsgMs = this.now
       this.latency.record(this.now - sentMs)
+      if (this.deliveries) this.deliveries.push(sentMs, this.now)
       if (committedAtMs > 0) this.commitLatency.record(this.now - committedAtMs)
     }
   }
@@ -82,8 +85,11 @@ export interface SubConn {
 export interface Publisher {
   /** Creates what must exist before publishing (Khala: the runs). Not timed. */
   setup(topics: ReadonlyArray<string>, concurrency: number): Promise<void>
-  /** Publishes message `n` of `topic`; must write synchronously (order), resolves on the ack. */
-  publish(topic: string, n: number, padBytes: number): Promise<void>
+  /**
+   * Publishes message `n` of `topic`; must write synchronously (order), resolves on the ack —
+   * with the send marker it wrote, where the adapter can tell (Khala), for ack→client latency.
+   */
+  publish(topic: string, n: number, padBytes: number): Promise<number | void>
   /** Khala only: messages `n .. n + count - 1` of `topic` in one batch request. */
   publishMany?(topic: string, n: number, count: number, padBytes: number): Promise<void>
   close(): void

@@ -144,6 +144,8 @@ export interface SubscribeJob {
   readonly conns: ReadonlyArray<ReadonlyArray<string>>
   /** Khala: reconnect and resume after `slow_consumer`. */
   readonly resume: boolean
+  /** Keep every delivery's (send marker, receive time) for ack→client latency. */
+  readonly trackDeliveries?: boolean
   readonly connectConcurrency: number
 }
 
@@ -162,6 +164,8 @@ export interface PublishJob {
   readonly firstN?: number
   /** Khala: create the runs first (not timed). */
   readonly setup: boolean
+  /** Report each publish's acknowledgement time, keyed by its send marker. */
+  readonly trackAcks?: boolean
 }
 
 export interface IngestJob {
@@ -206,6 +210,10 @@ export interface SubscribeResult {
   readonly latency: HistogramData
   /** Khala only: commit→client from `committed_at_ms` (ms resolution). */
   readonly commitLatency: HistogramData
+  /** With `trackDeliveries` and acks: receive − acknowledgement of the same publish (≥ 0). */
+  readonly ackToClient?: HistogramData
+  /** Deliveries that arrived before their publish was acknowledged. */
+  readonly beforeAck?: number
   readonly reconnects: number
   readonly errors: ReadonlyArray<string>
   readonly cpuMs: number
@@ -219,6 +227,8 @@ export interface PublishResult {
   readonly errors: number
   readonly errorSamples: ReadonlyArray<string>
   readonly ackLatency: HistogramData
+  /** With `trackAcks`: acknowledgement time by send marker (`toFixed(3)`). */
+  readonly acks?: Record<string, number>
   readonly setupMs: number
   readonly cpuMs: number
 }
@@ -243,6 +253,11 @@ export type GenMessage =
 /** Messages from the orchestrator to a generator. */
 export type ParentMessage =
   | { readonly type: "job"; readonly job: Job }
-  | { readonly type: "expect"; readonly counts: Record<string, number>; readonly timeoutMs: number }
+  | {
+    readonly type: "expect"
+    readonly counts: Record<string, number>
+    readonly timeoutMs: number
+    readonly acks?: Record<string, number>
+  }
   | { readonly type: "go" }
   | { readonly type: "close" }
