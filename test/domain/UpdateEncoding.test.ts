@@ -12,7 +12,13 @@ import { encodedUpdate } from "../../src/domain/Protocol.ts"
 import { bodyEncoder, encodeBody, encodeUpdate, type UpdateHeader } from "../../src/domain/UpdateEncoding.ts"
 import { UpdateSchema } from "../../src/gen/openagents/sync/v1/frames_pb.ts"
 import type { JournalDraft } from "../../src/services/Journal.ts"
-import { projectStep, runProjectionSpec, workerProjectionSpec } from "../../src/services/Projector.ts"
+import {
+  type ProjectionSpec,
+  projectStep,
+  runProjectionSpec,
+  type StoredDoc,
+  workerProjectionSpec
+} from "../../src/services/Projector.ts"
 import { runHistoryArbitrary, workerHistoryArbitrary } from "../support/Histories.ts"
 
 const Num = Schema.Union([
@@ -55,26 +61,22 @@ const check = (drafts: ReadonlyArray<JournalDraft>, h: Omit<UpdateHeader, "kind"
 }
 
 describe("UpdateEncoding", () => {
+  /** The journal drafts of a history, projected event by event as the Projector does. */
+  const draftsOf = <E, Doc>(events: ReadonlyArray<E>, spec: (e: E) => ProjectionSpec<Doc>) => {
+    let prev: StoredDoc<Doc> | undefined
+    return events.flatMap((e) => {
+      const step = projectStep(spec(e), prev)
+      prev = step
+      return step.drafts
+    })
+  }
+
   it.prop("run drafts: same bytes as toBinary / toJsonString", { h: runHistoryArbitrary(), header: Header }, ({ h, header }) => {
-    let prev = undefined as ReturnType<typeof projectStep<never>> | undefined
-    const drafts: Array<JournalDraft> = []
-    for (const e of h.events) {
-      const step = projectStep(runProjectionSpec(e), prev as never)
-      prev = step as never
-      drafts.push(...step.drafts)
-    }
-    check(drafts, header)
+    check(draftsOf(h.events, runProjectionSpec), header)
   })
 
   it.prop("worker drafts: same bytes as toBinary / toJsonString", { h: workerHistoryArbitrary(), header: Header }, ({ h, header }) => {
-    let prev = undefined as ReturnType<typeof projectStep<never>> | undefined
-    const drafts: Array<JournalDraft> = []
-    for (const e of h.events) {
-      const step = projectStep(workerProjectionSpec(e), prev as never)
-      prev = step as never
-      drafts.push(...step.drafts)
-    }
-    check(drafts, header)
+    check(draftsOf(h.events, workerProjectionSpec), header)
   })
 
   it("an Update without a body", () => {

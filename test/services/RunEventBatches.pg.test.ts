@@ -14,19 +14,8 @@ import type { CommandResult } from "../../src/services/CommandRunner.ts"
 import { ProjectionOps } from "../../src/services/ProjectionOps.ts"
 import { RunCommands } from "../../src/services/RunCommands.ts"
 import { type BatchItemResult, MAX_BATCH_EVENTS, RunEventBatches } from "../../src/services/RunEventBatches.ts"
+import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
-
-/** Small deterministic PRNG (mulberry32): every failing seed is reproducible. */
-const prng = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 type Item = Record<string, unknown> & { run_id: unknown }
 
@@ -111,7 +100,7 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
         const runs = yield* RunCommands
         const batches = yield* RunEventBatches
         for (let seed = 1; seed <= 30; seed++) {
-          const rand = prng(seed)
+          const rand = seeded(seed)
           const items = randomItems(rand, 20 + Math.floor(rand() * 60))
           // an oversized payload now and then: 413 for that item only
           if (seed % 5 === 0) (items[Math.floor(rand() * items.length)]!["payload"] as Record<string, unknown>)["big"] = "x".repeat(5000)
@@ -209,7 +198,7 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
         yield* batches.append({
           events: ids.map((id, i) => ({ run_id: id, type: "run.created", owner_user_id: `o${i % 2}` }))
         }, undefined)
-        const rand = prng(7)
+        const rand = seeded(7)
         const work = Array.from({ length: 24 }, (_, w) =>
           w % 3 === 0
             ? runs.appendEvent(ids[w % ids.length]!, { type: "run.step", payload: { w } }, undefined).pipe(Effect.asVoid)
