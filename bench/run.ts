@@ -220,6 +220,8 @@ interface LiveOptions {
   readonly durationMs: number
   /** Khala: measure ack→client per delivery (subscribers keep every delivery's receive time). */
   readonly track?: boolean
+  /** The scenario, for notes. */
+  readonly label: string
 }
 
 interface LiveOutcome {
@@ -288,9 +290,20 @@ const live = async (server: Server, target: Target, o: LiveOptions): Promise<Liv
     const dups = sum((s) => s.duplicates)
     const missing = sum((s) => s.missing)
     if (gaps + dups > 0) failures.push(`${gaps} gaps, ${dups} duplicates: ${subs.flatMap((s) => s.violations).slice(0, 5).join("; ")}`)
-    if (missing > 0) failures.push(`${missing} deliveries missing after the timeout`)
     const errors = subs.flatMap((s) => s.errors)
-    if (errors.length > 0) failures.push(`subscriber errors: ${errors.slice(0, 5).join("; ")}`)
+    // nats-server closes a subscriber that cannot keep up (its "slow consumer" policy); a core
+    // subscription is at-most-once and cannot resume, so what it missed is lost by design. That is
+    // reported as the peer's loss, not as a failed run. Any gap or duplicate still fails it.
+    const natsDropped = target.system === "nats" && errors.length > 0 && gaps + dups === 0 &&
+      errors.every((e) => e.startsWith("NATS connection closed"))
+    if (natsDropped) {
+      notes.push(
+        `NATS, ${o.label}: nats-server closed ${errors.length} slow subscriber connections; ${missing} deliveries lost (core subscriptions are at-most-once)`
+      )
+    } else {
+      if (missing > 0) failures.push(`${missing} deliveries missing after the timeout`)
+      if (errors.length > 0) failures.push(`subscriber errors: ${errors.slice(0, 5).join("; ")}`)
+    }
     return {
       elapsedS,
       deliveries: sum((s) => s.messages),
@@ -369,6 +382,7 @@ const khalaTarget = (server: Server, subprotocol: KhalaSubprotocol): Target => (
 const fanout = (scenario: string, subs: number, subprotocol: KhalaSubprotocol): ScenarioFn => async (server, outcome) => {
   const target = server.system === "khala" ? khalaTarget(server, subprotocol) : server.target
   const r = await live(server, target, {
+    label: scenario,
     topics: [slug(`f-${scenario}-${tag}`)],
     subsPerTopic: subs,
     mode: "saturate",
@@ -381,6 +395,7 @@ const fanout = (scenario: string, subs: number, subprotocol: KhalaSubprotocol): 
 
 const latency: ScenarioFn = async (server, outcome) => {
   const r = await live(server, khalaTarget(server, "khala.v1.proto"), {
+    label: "latency",
     topics: [`lat-${tag}`],
     subsPerTopic: opts.subscribers,
     mode: "rate",
@@ -396,6 +411,7 @@ const latency: ScenarioFn = async (server, outcome) => {
 const manyTopics = (scenario: string, n: number): ScenarioFn => async (server, outcome) => {
   const topics = Array.from({ length: n }, (_, i) => slug(`mt-${scenario}-${tag}-${i}`))
   const r = await live(server, khalaTarget(server, "khala.v1.proto"), {
+    label: scenario,
     topics,
     subsPerTopic: 1,
     mode: "saturate",
