@@ -44,8 +44,7 @@ import { Lifecycle } from "./Lifecycle.ts"
 import {
   authFailures,
   connectionsGauge,
-  deliveredBytes,
-  deliveredFrames,
+  deliveredTally,
   replayDurationMs,
   slowConsumerEvictions,
   subscriptionsGauge
@@ -63,6 +62,8 @@ export interface SocketPort {
   /** Next batch of client messages; fails when the socket closed. */
   readonly pull: Effect.Effect<ReadonlyArray<Uint8Array | string>, unknown>
   readonly write: (frames: ReadonlyArray<EncodedFrame>) => Effect.Effect<void, unknown>
+  /** Optional synchronous write of one frame (the live fast path); false ⇒ not written. */
+  readonly writeNow?: (frame: EncodedFrame) => boolean
   /** Bytes handed to the socket and not yet sent. */
   readonly bufferedBytes: () => number
   /** Resolves when the socket's send buffer drained. */
@@ -109,7 +110,8 @@ export const runConnection = (port: SocketPort) =>
     const outbound = new Outbound(
       { maxBytes: config.outboundQueueMaxBytes, maxFrames: config.outboundQueueMaxFrames },
       port.bufferedBytes,
-      port.awaitDrain
+      port.awaitDrain,
+      port.writeNow
     )
     /** Completed with the reason the connection must end (fatal error). */
     /** Completed once: with the fatal error to send, or `undefined` when the client went away. */
@@ -134,8 +136,8 @@ export const runConnection = (port: SocketPort) =>
         const batch = yield* outbound.takeAll
         if (batch === undefined) return
         yield* port.write(batch.frames)
-        yield* Metric.update(deliveredFrames, batch.frames.length)
-        yield* Metric.update(deliveredBytes, batch.bytes)
+        deliveredTally.frames += batch.frames.length
+        deliveredTally.bytes += batch.bytes
         if (outbound.isOverSoftBound) {
           const drained = yield* port.awaitDrain.pipe(
             Effect.timeoutOption(Duration.millis(config.slowConsumerGraceMs)),

@@ -1,7 +1,7 @@
 /**
  * Every `khala_` metric, defined once. Exposed on `GET /metrics` (Prometheus text).
  */
-import { Metric } from "effect"
+import { Effect, Metric } from "effect"
 
 const ms = Metric.exponentialBoundaries({ start: 0.5, factor: 2, count: 14 })
 
@@ -56,4 +56,18 @@ export const topicQueueDepth = Metric.gauge("khala_topic_queue_depth", {
 export const journalCompactedEntries = Metric.counter("khala_journal_compacted_entries_total", {
   description: "Journal entries removed by retention",
   incremental: true
+})
+
+/**
+ * Frames and bytes handed to sockets and not yet added to `khala_delivered_frames_total` /
+ * `khala_delivered_bytes_total`: one node-wide tally, so the delivery hot path runs no effect per
+ * write. `flushDelivered` moves it into the counters (every second, and before `/metrics` renders).
+ */
+export const deliveredTally = { frames: 0, bytes: 0 }
+
+export const flushDelivered = Effect.suspend(() => {
+  const { frames, bytes } = deliveredTally
+  deliveredTally.frames = 0
+  deliveredTally.bytes = 0
+  return frames === 0 ? Effect.void : Metric.update(deliveredFrames, frames).pipe(Effect.andThen(Metric.update(deliveredBytes, bytes)))
 })

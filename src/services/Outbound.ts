@@ -9,9 +9,15 @@
  *   buffered bytes) is above the byte bound, so a replay is paced by the client, not evicted.
  * The writer fiber drains it with `takeAll`. Bytes counted are our queue plus the bytes the socket
  * still buffers (`bufferedBytes()`), since `ws.send` itself never pushes back.
+ *
+ * Fast path: when the queue is empty, the writer is parked waiting for frames (so everything
+ * offered before has already been handed to the socket) and the socket buffer is low, `offer`
+ * hands the frame to the socket at once (`writeNow`) instead of waking the writer: same order,
+ * one fiber hop less per delivery.
  */
 import { Effect } from "effect"
 import { type EncodedFrame, encodedFrameBytes } from "../domain/Protocol.ts"
+import { deliveredTally } from "./Metrics.ts"
 
 export interface OutboundLimits {
   readonly maxBytes: number
@@ -24,6 +30,7 @@ export class Outbound {
   private closed = false
   private takeWaiter: (() => void) | undefined
   private spaceWaiters: Array<() => void> = []
+  private readonly writeNow: ((frame: EncodedFrame) => boolean) | undefined
 
   readonly limits: OutboundLimits
   /** Bytes already handed to the socket but not yet on the wire. */
@@ -31,10 +38,17 @@ export class Outbound {
   /** Resolves when the socket's own buffer drained. */
   readonly awaitSocketDrain: Effect.Effect<void>
 
-  constructor(limits: OutboundLimits, bufferedBytes: () => number, awaitSocketDrain: Effect.Effect<void>) {
+  constructor(
+    limits: OutboundLimits,
+    bufferedBytes: () => number,
+    awaitSocketDrain: Effect.Effect<void>,
+    /** Synchronous write to the socket; false ⇒ not written (the frame is queued instead). */
+    writeNow?: (frame: EncodedFrame) => boolean
+  ) {
     this.limits = limits
     this.bufferedBytes = bufferedBytes
     this.awaitSocketDrain = awaitSocketDrain
+    this.writeNow = writeNow
   }
 
   get depth(): number {
@@ -63,6 +77,14 @@ export class Outbound {
   /** Live delivery: false ⇒ over the hard bound (caller evicts); never blocks. `size`: if known. */
   offer(frame: EncodedFrame, size: number = encodedFrameBytes(frame)): boolean {
     if (this.closed) return false
+    if (
+      this.writeNow !== undefined && this.frames.length === 0 && this.takeWaiter !== undefined &&
+      this.bufferedBytes() + size <= this.limits.maxBytes / 2 && this.writeNow(frame)
+    ) {
+      deliveredTally.frames++
+      deliveredTally.bytes += size
+      return true
+    }
     if (this.frames.length >= this.limits.maxFrames || this.pendingBytes + size > 2 * this.limits.maxBytes) return false
     this.push(frame, size)
     return true

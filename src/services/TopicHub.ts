@@ -5,11 +5,11 @@
  * of every commit (this node's and others') here too. Topics without an actor on this node are
  * ignored (nobody here is listening, and a later subscriber reads the journal).
  */
-import { Context, Deferred, Effect, Layer, Metric, Queue } from "effect"
+import { Context, Deferred, Effect, Layer, Metric, Queue, Schedule } from "effect"
 import type { SqlError } from "effect/sql/SqlError"
 import { KhalaConfig } from "../layers/Config.ts"
 import { Journal, type StoredEntry } from "./Journal.ts"
-import { topicQueueDepth } from "./Metrics.ts"
+import { flushDelivered, topicQueueDepth } from "./Metrics.ts"
 import {
   type ActorMessage,
   type JoinResult,
@@ -61,6 +61,8 @@ export class TopicHub extends Context.Service<TopicHub, {
       const config = yield* KhalaConfig
       const journal = yield* Journal
       const scope = yield* Effect.scope
+      // The delivery counters are tallied without effects on the hot path; publish them every second.
+      yield* flushDelivered.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkIn(scope))
       const actors = new Map<string, TopicActorHandle>()
       const settings = {
         ringCapacity: config.topicRingEntries,

@@ -66,6 +66,14 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
             Effect.ensuring(Effect.sync(() => nodeSocket.uncork()))
           )
         }),
+      writeNow: (frame) => {
+        try {
+          Effect.runSync(writer.write(frame))
+          return true
+        } catch {
+          return false // the writer fiber will meet the error and end the connection
+        }
+      },
       bufferedBytes: () => nodeSocket.writableLength,
       awaitDrain: awaitDrain(nodeSocket),
       close: (code, reason) =>
