@@ -41,7 +41,7 @@ export class CommandRunner extends Context.Service<CommandRunner, {
       ): Effect.Effect<A, E | ApiError, R> =>
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
-          const pending: PendingDelivery["Service"] = new Map()
+          const pending: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
           const generation = hub.generation()
           const result = yield* sql.withTransaction(Effect.provideService(body, PendingDelivery, pending)).pipe(
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
@@ -86,13 +86,23 @@ export const decodeBody = <S extends Schema.Decoder<unknown>>(schema: S, body: u
     Effect.mapError((e) => apiError("invalid_request", e.message))
   ) as Effect.Effect<S["Type"], ApiError, S["DecodingServices"]>
 
-/** Parses an optional ISO-8601 `occurred_at`; defaults to `nowMs`. */
+/** Latest accepted `occurred_at` (9999-12-31T23:59:59.999Z); the earliest is the Unix epoch. */
+const MAX_OCCURRED_AT_MS = 253_402_300_799_999
+
+/**
+ * Parses an optional ISO-8601 `occurred_at`; defaults to `nowMs`. Times before 1970 are refused:
+ * the wire carries them as unsigned milliseconds.
+ */
 export const occurredAt = (value: string | undefined, nowMs: number) => {
   if (value === undefined) return Effect.succeed(nowMs)
   const ms = Date.parse(value)
-  return Number.isFinite(ms) && /^\d{4}-\d{2}-\d{2}T/.test(value)
+  return Number.isFinite(ms) && /^\d{4}-\d{2}-\d{2}T/.test(value) && ms >= 0 && ms <= MAX_OCCURRED_AT_MS
     ? Effect.succeed(ms)
-    : Effect.fail(apiError("invalid_request", "occurred_at must be an ISO-8601 timestamp", { occurred_at: value }))
+    : Effect.fail(
+      apiError("invalid_request", "occurred_at must be an ISO-8601 timestamp from 1970-01-01T00:00:00Z on", {
+        occurred_at: value
+      })
+    )
 }
 
 /** Maps a database failure on a read path to a typed 500. */

@@ -74,7 +74,7 @@ export interface SocketPort {
   readonly destroy: () => void
 }
 
-const REPLAY_BATCH = 5000
+const REPLAY_BATCH = 2000
 const MAX_ITEMS_PER_FRAME = 512
 /** Over-limit frames in one second beyond which rate limiting becomes fatal. */
 const RATE_ABUSE_FACTOR = 2

@@ -68,7 +68,11 @@ export interface TopicPosition {
  * local subscribers get the entries without reading them back from Postgres (other nodes, and
  * anything this fast path misses, still go through the notification and a journal read).
  */
-export class PendingDelivery extends Context.Service<PendingDelivery, Map<string, Array<StoredEntry>>>()(
+export class PendingDelivery extends Context.Service<PendingDelivery, {
+  /** The journal epoch the entries were written in (read inside the transaction). */
+  epoch: string
+  readonly topics: Map<string, Array<StoredEntry>>
+}>()(
   "khala/services/Journal/PendingDelivery"
 ) {}
 
@@ -133,15 +137,21 @@ export class Journal extends Context.Service<Journal, {
         // One statement allocates every topic's seqs, locking the sequence rows in topic-name order.
         // Every writer (command, batch, retention) locks them in that order, so they cannot deadlock.
         const topics = [...byTopic.keys()].sort()
+        let epochSeen = ""
+        const pending = options?.notify === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(PendingDelivery))
         const counts = topics.map((t) => byTopic.get(t)!.length)
         const heads = new Map(
-          (yield* sql<{ topic: string; head_seq: bigint }>`
+          (yield* sql<{ topic: string; head_seq: bigint; epoch: string }>`
             INSERT INTO runtime.sync_topic_sequences AS s (topic, head_seq, floor_seq)
             SELECT t, n, 1 FROM unnest(${topics}::text[], ${counts}::bigint[]) WITH ORDINALITY AS x(t, n, ord)
             ORDER BY ord
             ON CONFLICT (topic) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
-            RETURNING s.topic, s.head_seq`).map((r) => [r.topic, Number(r.head_seq)])
+            RETURNING s.topic, s.head_seq, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch`).map((r) => {
+            epochSeen = r.epoch
+            return [r.topic, Number(r.head_seq)] as const
+          })
         )
+        if (pending) pending.epoch = epochSeen
         // Column arrays for one `INSERT … SELECT FROM unnest(…)`: a handful of parameters however
         // many rows (a multi-row VALUES would bind 11 per row). Each body is encoded once.
         const n = drafts.length
@@ -156,7 +166,6 @@ export class Journal extends Context.Service<Journal, {
           pb: new Array<Uint8Array>(n),
           json: new Array<string>(n)
         }
-        const pending = options?.notify === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(PendingDelivery))
         const encodeBodyOnce = bodyEncoder()
         let row = 0
         for (const [topic, indexes] of byTopic) {
@@ -193,10 +202,10 @@ export class Journal extends Context.Service<Journal, {
             cols.json[row] = encoded.json
             row++
             if (pending) {
-              const list = pending.get(topic)
+              const list = pending.topics.get(topic)
               const entry = { seq, pb: encoded.pb, json: encoded.json }
               if (list) list.push(entry)
-              else pending.set(topic, [entry])
+              else pending.topics.set(topic, [entry])
             }
           }
         }

@@ -56,7 +56,7 @@ export type ActorMessage =
   | { readonly _tag: "Leave"; readonly subscriber: Subscriber; readonly evicted: boolean }
   | { readonly _tag: "Resync"; readonly epoch: string | undefined }
   /** Entries a local transaction committed (seq order); a gap before them is read from the journal. */
-  | { readonly _tag: "Entries"; readonly entries: ReadonlyArray<StoredEntry> }
+  | { readonly _tag: "Entries"; readonly epoch: string; readonly entries: ReadonlyArray<StoredEntry> }
 
 export interface ActorSettings {
   readonly ringCapacity: number
@@ -120,6 +120,9 @@ export const runTopicActor = (options: {
     )
     let epoch = initial.epoch
     let head = initial.headSeq
+
+    /** A message the Entries batching took from the mailbox but did not handle. */
+    let carry: ActorMessage | undefined
 
     const ringStart = () => (ring.length > 0 ? ring[0]!.seq : head + 1)
 
@@ -276,6 +279,13 @@ export const runTopicActor = (options: {
             const out: Array<StoredEntry> = []
             let m2: ActorMessage | undefined = m
             while (m2 !== undefined && m2._tag === "Entries") {
+              if (m2.epoch !== epoch) {
+                // Written in another epoch than ours (a rebuild we have not heard of yet, or a
+                // hand-over that arrived after we moved on): never deliver across epochs.
+                deliver(out.splice(0))
+                m2 = { _tag: "Resync", epoch: undefined }
+                break
+              }
               yield* acceptEntries(m2.entries, out)
               m2 = undefined
               if (out.length >= settings.maxItemsPerFrame) break
@@ -283,7 +293,8 @@ export const runTopicActor = (options: {
               if (more !== undefined && more._tag === "Success") m2 = more.value
             }
             deliver(out)
-            if (m2 !== undefined) yield* handleMessage(m2)
+            // A message taken past the run is handled next by the main loop (with its error handling).
+            carry = m2
             return
           }
           case "Join":
@@ -309,7 +320,9 @@ export const runTopicActor = (options: {
       })
 
     while (true) {
-      const next = handle.refCount > 0
+      const carried = carry
+      carry = undefined
+      const next = carried !== undefined ? carried : handle.refCount > 0
         ? yield* Effect.map(Queue.take(handle.mailbox), (m) => m as ActorMessage | undefined)
         : yield* Effect.map(
           Effect.timeoutOption(Queue.take(handle.mailbox), options.idleTtlMs),

@@ -47,7 +47,10 @@ export class TopicHub extends Context.Service<TopicHub, {
    * of their topics. `generation` is `generation()` read before the transaction began: if a resync
    * (epoch change, listener reconnect) happened since, the actors re-read the journal instead.
    */
-  readonly deliverCommitted: (entries: ReadonlyMap<string, ReadonlyArray<StoredEntry>>, generation: number) => void
+  readonly deliverCommitted: (
+    committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> },
+    generation: number
+  ) => void
   /** Counts resyncs; see `deliverCommitted`. */
   readonly generation: () => number
   /** After a listener reconnect or an epoch change: every actor re-reads its position. */
@@ -136,12 +139,18 @@ export class TopicHub extends Context.Service<TopicHub, {
         })
 
       let generation = 0
-      const deliverCommitted = (entries: ReadonlyMap<string, ReadonlyArray<StoredEntry>>, since: number) => {
-        for (const [topic, list] of entries) {
+      const deliverCommitted = (
+        committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> },
+        since: number
+      ) => {
+        for (const [topic, list] of committed.topics) {
           const handle = actors.get(topic)
           if (!handle || list.length === 0) continue
           // A full mailbox (or a resync in between) falls back to the notification path.
-          if (since !== generation || !Queue.offerUnsafe(handle.mailbox, { _tag: "Entries", entries: list })) {
+          if (
+            since !== generation ||
+            !Queue.offerUnsafe(handle.mailbox, { _tag: "Entries", epoch: committed.epoch, entries: list })
+          ) {
             notifyActor(handle, list[list.length - 1]!.seq)
           }
         }

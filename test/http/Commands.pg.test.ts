@@ -74,6 +74,7 @@ layer(testApp({ maxBodyBytes: 4096 }), { timeout: "120 seconds" })("HTTP command
           [runEvent("run-x", { type: "run.created", owner_user_id: "u1", payload: [1] }), 400, "invalid_request"],
           [runEvent("run-x", { type: "run.created", owner_user_id: "bad id" }), 400, "invalid_request"],
           [runEvent("run-x", { type: "run.created", owner_user_id: "u1", occurred_at: "yesterday" }), 400, "invalid_request"],
+          [runEvent("run-x", { type: "run.created", owner_user_id: "u1", occurred_at: "1969-12-31T23:59:59.000Z" }), 400, "invalid_request"],
           [runEvent("bad%20id", { type: "run.created", owner_user_id: "u1" }), 400, "invalid_request"],
           [runEvent("run-x", { type: "run.started" }), 404, "run_not_found"],
           [call(get("/internal/v1/runs/nope")), 404, "run_not_found"],

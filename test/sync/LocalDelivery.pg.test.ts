@@ -77,10 +77,10 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         // 2. entries committed without a hand-over (seqs 5, 6), then a hand-over of seq 7:
         //    the actor sees the gap and reads 5 and 6 from the journal first
         yield* sql.withTransaction(journal.appendAll([draft(5), draft(6)], 1))
-        const pending: PendingDelivery["Service"] = new Map()
+        const pending: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
         const generation = hub.generation()
         yield* sql.withTransaction(journal.appendAll([draft(7)], 1).pipe(Effect.provideService(PendingDelivery, pending)))
-        assert.deepStrictEqual(pending.get("run/ld")?.map((e) => e.seq), [7])
+        assert.deepStrictEqual(pending.topics.get("run/ld")?.map((e) => e.seq), [7])
         hub.deliverCommitted(pending, generation)
         yield* waitFor("seqs 5..7", () => seqs.length === 5)
         assert.deepStrictEqual(seqs, [3, 4, 5, 6, 7])
@@ -89,7 +89,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         hub.deliverCommitted(pending, hub.generation())
         // 4. a resync between the transaction and its hand-over: the actor re-reads instead
         const before = hub.generation()
-        const pending8: PendingDelivery["Service"] = new Map()
+        const pending8: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
         yield* sql.withTransaction(journal.appendAll([draft(8)], 1).pipe(Effect.provideService(PendingDelivery, pending8)))
         yield* hub.resyncAll(undefined)
         hub.deliverCommitted(pending8, before)
@@ -106,7 +106,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         // 6. hand-overs that queue up while the actor is busy go out as one frame
         const queued: Array<PendingDelivery["Service"]> = []
         for (const n of [11, 12, 13]) {
-          const p: PendingDelivery["Service"] = new Map()
+          const p: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
           yield* sql.withTransaction(journal.appendAll([draft(n)], 1).pipe(Effect.provideService(PendingDelivery, p)))
           queued.push(p)
         }
@@ -115,6 +115,14 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         yield* Effect.sync(() => queued.forEach((p) => hub.deliverCommitted(p, g))) // the actor cannot run in between
         yield* waitFor("seqs 11..13", () => seqs.length === 11)
         assert.deepStrictEqual(frames.slice(framesBefore), [[11, 12, 13]])
+        assert.strictEqual(queued[0]!.epoch, epoch) // stamped inside the transaction
+
+        // 7. a hand-over stamped with another epoch is never delivered: the actor re-reads instead
+        const foreign: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
+        yield* sql.withTransaction(journal.appendAll([draft(14)], 1).pipe(Effect.provideService(PendingDelivery, foreign)))
+        hub.deliverCommitted({ epoch: "some-other-epoch", topics: foreign.topics }, hub.generation())
+        yield* waitFor("seq 14 (read from the journal in our epoch)", () => seqs.length === 12)
+        assert.deepStrictEqual(seqs.slice(-1), [14])
         yield* lease.release(subscriber)
       }))
   })

@@ -4,7 +4,7 @@
  * upgrades and hands the socket to `runConnection`. The same subprotocol choice is made by the
  * `ws` server's `handleProtocols` (see `webSocketServerOptions`), so both sides agree.
  */
-import { Effect } from "effect"
+import { Cause, Effect, Exit, Fiber } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Socket } from "effect/socket"
 import type { IncomingMessage } from "node:http"
@@ -67,12 +67,13 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
           )
         }),
       writeNow: (frame) => {
-        try {
-          Effect.runSync(writer.write(frame))
-          return true
-        } catch {
-          return false // the writer fiber will meet the error and end the connection
-        }
+        const exit = Effect.runSyncExit(writer.write(frame))
+        if (Exit.isSuccess(exit)) return true
+        // Not written now (the socket is not open, or the write failed): the frame is queued and
+        // the writer meets the condition. A write that went asynchronous must not also go out late.
+        const async = Cause.squash(exit.cause)
+        if (Cause.isAsyncFiberError(async)) Effect.runFork(Fiber.interrupt(async.fiber))
+        return false
       },
       bufferedBytes: () => nodeSocket.writableLength,
       awaitDrain: awaitDrain(nodeSocket),
