@@ -42,7 +42,6 @@ export class CommandRunner extends Context.Service<CommandRunner, {
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
           const pending: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
-          const generation = hub.generation()
           const result = yield* sql.withTransaction(Effect.provideService(body, PendingDelivery, pending)).pipe(
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
               Effect.fail(
@@ -66,7 +65,7 @@ export class CommandRunner extends Context.Service<CommandRunner, {
             )
           )
           // Committed: this node's subscribers get the entries now, without a journal read.
-          hub.deliverCommitted(pending, generation)
+          hub.deliverCommitted(pending)
           const end = yield* Clock.currentTimeMillis
           yield* Metric.update(commandCommitDurationMs, end - start)
           yield* Metric.update(

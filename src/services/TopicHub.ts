@@ -43,16 +43,13 @@ export class TopicHub extends Context.Service<TopicHub, {
   readonly acquire: (topic: string) => Effect.Effect<TopicLease>
   readonly notify: (topic: string, seq: number) => Effect.Effect<void>
   /**
-   * Entries a local transaction just committed (by topic, in seq order), straight to the actors
-   * of their topics. `generation` is `generation()` read before the transaction began: if a resync
-   * (epoch change, listener reconnect) happened since, the actors re-read the journal instead.
+   * Entries a local transaction just committed (by topic, in seq order, with the journal epoch
+   * they were written in), straight to the actors of their topics. An actor on another epoch
+   * does not deliver them; it re-reads the journal.
    */
   readonly deliverCommitted: (
-    committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> },
-    generation: number
+    committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> }
   ) => void
-  /** Counts resyncs; see `deliverCommitted`. */
-  readonly generation: () => number
   /** After a listener reconnect or an epoch change: every actor re-reads its position. */
   readonly resyncAll: (epoch: string | undefined) => Effect.Effect<void>
   readonly report: (limit: number) => Effect.Effect<ReadonlyArray<TopicReport>>
@@ -138,19 +135,14 @@ export class TopicHub extends Context.Service<TopicHub, {
           if (handle) notifyActor(handle, seq)
         })
 
-      let generation = 0
       const deliverCommitted = (
-        committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> },
-        since: number
+        committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> }
       ) => {
         for (const [topic, list] of committed.topics) {
           const handle = actors.get(topic)
           if (!handle || list.length === 0) continue
-          // A full mailbox (or a resync in between) falls back to the notification path.
-          if (
-            since !== generation ||
-            !Queue.offerUnsafe(handle.mailbox, { _tag: "Entries", epoch: committed.epoch, entries: list })
-          ) {
+          // A full mailbox falls back to the notification path.
+          if (!Queue.offerUnsafe(handle.mailbox, { _tag: "Entries", epoch: committed.epoch, entries: list })) {
             notifyActor(handle, list[list.length - 1]!.seq)
           }
         }
@@ -158,7 +150,6 @@ export class TopicHub extends Context.Service<TopicHub, {
 
       const resyncAll = (epoch: string | undefined) =>
         Effect.sync(() => {
-          generation++
           for (const handle of actors.values()) {
             // A full mailbox must not lose a resync: the actor checks the flag after every message.
             if (!Queue.offerUnsafe(handle.mailbox, { _tag: "Resync", epoch })) handle.resyncPending = true
@@ -181,7 +172,6 @@ export class TopicHub extends Context.Service<TopicHub, {
         acquire,
         notify,
         deliverCommitted,
-        generation: () => generation,
         resyncAll,
         report,
         activeTopics: Effect.sync(() => actors.size)
