@@ -367,6 +367,13 @@ const logLive = (r: LiveOutcome) =>
     }% (others on its core ${Math.max(0, r.foreignCpu).toFixed(0)}%), generators ${r.genCpu.toFixed(0)}%${r.reconnects ? `, ${r.reconnects} reconnects` : ""}`
   )
 
+/** Logs a live scenario's outcome, records its figures and carries its failures. */
+const reportLive = (scenario: string, system: SystemName, r: LiveOutcome, outcome: Outcome, withThroughput: boolean) => {
+  logLive(r)
+  outcome.failures.push(...r.failures)
+  recordLive(scenario, system, r, withThroughput)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
@@ -388,9 +395,7 @@ const fanout = (scenario: string, subs: number, subprotocol: KhalaSubprotocol): 
     mode: "saturate",
     durationMs: opts.durationMs
   })
-  logLive(r)
-  outcome.failures.push(...r.failures)
-  recordLive(scenario, server.system, r, true)
+  reportLive(scenario, server.system, r, outcome, true)
 }
 
 const latency: ScenarioFn = async (server, outcome) => {
@@ -403,9 +408,7 @@ const latency: ScenarioFn = async (server, outcome) => {
     durationMs: Math.max(opts.durationMs, 1500),
     track: server.system === "khala"
   })
-  logLive(r)
-  outcome.failures.push(...r.failures)
-  recordLive("latency", server.system, r, false)
+  reportLive("latency", server.system, r, outcome, false)
 }
 
 const manyTopics = (scenario: string, n: number): ScenarioFn => async (server, outcome) => {
@@ -417,9 +420,7 @@ const manyTopics = (scenario: string, n: number): ScenarioFn => async (server, o
     mode: "saturate",
     durationMs: opts.durationMs
   })
-  logLive(r)
-  outcome.failures.push(...r.failures)
-  recordLive(scenario, server.system, r, true)
+  reportLive(scenario, server.system, r, outcome, true)
 }
 
 const idle: ScenarioFn = async (server, outcome) => {
