@@ -22,6 +22,7 @@ import { TokenVerifier } from "../services/TokenVerifier.ts"
 import { TopicAccess } from "../services/TopicAccess.ts"
 import { WorkerCommands } from "../services/WorkerCommands.ts"
 import { JournalFeedLive } from "../services/JournalFeed.ts"
+import { JournalNotifier } from "../services/JournalNotifier.ts"
 import { Retention, RetentionJobLive } from "../services/Retention.ts"
 import { TopicHub } from "../services/TopicHub.ts"
 import { SyncSocketRoute, webSocketServerOptions } from "./http/SyncSocket.ts"
@@ -38,13 +39,14 @@ const BaseServices = Layer.mergeAll(
   Journal.layer,
   EventStore.layer,
   Idempotency.layer,
-  CommandRunner.layer.pipe(Layer.provide(TopicHubLive)),
+  CommandRunner.layer.pipe(Layer.provide([TopicHubLive, JournalNotifier.layer])),
   ReadModels.layer,
   TopicAccess.layer,
   TokenVerifier.layer,
   TokenIssuer.layer,
   Lifecycle.layer,
   TopicHubLive,
+  JournalNotifier.layer,
   Retention.layer
 )
 

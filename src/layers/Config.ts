@@ -38,6 +38,8 @@ export interface KhalaSettings {
   readonly maxClientFramesPerS: number
   readonly topicIdleTtlMs: number
   readonly topicRingEntries: number
+  /** How often each node compares its topic actors' heads with the journal (lost notifications). */
+  readonly feedReconcileIntervalMs: number
   readonly drainTimeoutMs: number
   readonly tokenMaxTtlSeconds: number
   readonly dbMaxConnections: number
@@ -73,6 +75,7 @@ export const defaultSettings = {
   maxClientFramesPerS: 100,
   topicIdleTtlMs: 30_000,
   topicRingEntries: 2048,
+  feedReconcileIntervalMs: 2_000,
   drainTimeoutMs: 10_000,
   tokenMaxTtlSeconds: 24 * 60 * 60,
   dbMaxConnections: 10
@@ -108,6 +111,7 @@ const fromEnv = Config.all({
   maxClientFramesPerS: int("KHALA_MAX_CLIENT_FRAMES_PER_S", defaultSettings.maxClientFramesPerS),
   topicIdleTtlMs: int("KHALA_TOPIC_IDLE_TTL_MS", defaultSettings.topicIdleTtlMs),
   topicRingEntries: int("KHALA_TOPIC_RING_ENTRIES", defaultSettings.topicRingEntries),
+  feedReconcileIntervalMs: int("KHALA_FEED_RECONCILE_INTERVAL_MS", defaultSettings.feedReconcileIntervalMs),
   drainTimeoutMs: int("KHALA_DRAIN_TIMEOUT_MS", defaultSettings.drainTimeoutMs),
   tokenMaxTtlSeconds: int("KHALA_TOKEN_MAX_TTL_SECONDS", defaultSettings.tokenMaxTtlSeconds),
   dbMaxConnections: int("KHALA_DB_MAX_CONNECTIONS", defaultSettings.dbMaxConnections)

@@ -2,8 +2,8 @@
  * CommandRunner: the envelope of every appending command — one Postgres transaction, the commit
  * latency histogram, the outcome counter, and the mapping of unexpected database failures to a
  * typed `internal` error (counted as a projection write failure). Nothing is delivered before
- * commit: journal notifications are transactional `pg_notify`s, and the entries the transaction
- * appended are handed to this node's TopicHub only once the commit succeeded.
+ * commit: the entries the transaction appended are handed to this node's TopicHub, and their
+ * topic heads to the JournalNotifier (the other nodes), only once the commit succeeded.
  */
 import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
@@ -11,6 +11,7 @@ import { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
 import { JournalEntryTooLarge, PendingDelivery } from "./Journal.ts"
+import { JournalNotifier } from "./JournalNotifier.ts"
 import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
 import { TopicHub } from "./TopicHub.ts"
 
@@ -35,13 +36,14 @@ export class CommandRunner extends Context.Service<CommandRunner, {
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const hub = yield* TopicHub
+      const notifier = yield* JournalNotifier
       const transact = <A extends CommandResult, E, R>(
         command: string,
         body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>
       ): Effect.Effect<A, E | ApiError, R> =>
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
-          const pending: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
+          const pending: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
           const result = yield* sql.withTransaction(Effect.provideService(body, PendingDelivery, pending)).pipe(
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
               Effect.fail(
@@ -66,6 +68,7 @@ export class CommandRunner extends Context.Service<CommandRunner, {
           )
           // Committed: this node's subscribers get the entries now, without a journal read.
           hub.deliverCommitted(pending)
+          if (pending.topics.size > 0) notifier.announce(pending.committedAtMs, headsOf(pending.topics))
           const end = yield* Clock.currentTimeMillis
           yield* Metric.update(commandCommitDurationMs, end - start)
           yield* Metric.update(
@@ -77,6 +80,12 @@ export class CommandRunner extends Context.Service<CommandRunner, {
       return CommandRunner.of({ transact })
     })
   )
+}
+
+function* headsOf(topics: ReadonlyMap<string, ReadonlyArray<{ readonly seq: number }>>) {
+  for (const [topic, entries] of topics) {
+    if (entries.length > 0) yield [topic, entries[entries.length - 1]!.seq] as const
+  }
 }
 
 /** Decodes an unknown body with a Schema; failures become 400 `invalid_request`. */

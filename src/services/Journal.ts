@@ -9,8 +9,10 @@
  * - Each entry is encoded once, at write time, into the wire `Update` (binary and proto3 JSON;
  *   a document shared by several entries is encoded once for all of them, domain/UpdateEncoding.ts);
  *   readers splice the stored bytes into frames and never re-encode.
- * - `pg_notify('khala_journal', '<head_seq> <committed_at_ms> <topic>')` is issued inside the transaction, so
- *   listeners hear about an entry only after it committed (never on rollback).
+ * - Listeners hear `'<head_seq> <committed_at_ms> <topic>'` on channel `khala_journal` only after the
+ *   entry committed (never on rollback): a command's transaction records what it appended in its
+ *   `PendingDelivery`, and the command envelope announces it after the commit (JournalNotifier).
+ *   An append outside a command envelope (no `PendingDelivery`) notifies inside its transaction.
  * Only the Projector appends (inside the command's transaction); TopicHub, Snapshot and the
  * retention job read.
  */
@@ -71,6 +73,8 @@ export interface TopicPosition {
 export class PendingDelivery extends Context.Service<PendingDelivery, {
   /** The journal epoch the entries were written in (read inside the transaction). */
   epoch: string
+  /** The entries' `committed_at` (set by the append). */
+  committedAtMs: number
   readonly topics: Map<string, Array<StoredEntry>>
 }>()(
   "khala/services/Journal/PendingDelivery"
@@ -151,7 +155,10 @@ export class Journal extends Context.Service<Journal, {
             return [r.topic, Number(r.head_seq)] as const
           })
         )
-        if (pending) pending.epoch = epochSeen
+        if (pending) {
+          pending.epoch = epochSeen
+          pending.committedAtMs = committedAtMs
+        }
         // Column arrays for one `INSERT … SELECT FROM unnest(…)`: a handful of parameters however
         // many rows (a multi-row VALUES would bind 11 per row). Each body is encoded once.
         const n = drafts.length
@@ -218,8 +225,9 @@ export class Journal extends Context.Service<Journal, {
                       ${cols.docVersion}::bigint[], ${cols.occurredAt}::timestamptz[], ${cols.body}::jsonb[],
                       ${cols.pb}::bytea[], ${cols.json}::text[])
             AS x(topic, seq, kind, doc_key, doc_version, occurred_at, body, update_pb, update_json)`
-        if (options?.notify === false) return { seqs, topicSeqs }
-        // One statement for every topic of the command.
+        // Announced after the commit by the command envelope (see JournalNotifier).
+        if (options?.notify === false || pending) return { seqs, topicSeqs }
+        // No envelope: one notification statement for every topic, inside the transaction.
         const payloads = Object.entries(topicSeqs).map(([topic, head]) => `${head} ${committedAtMs} ${topic}`)
         yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, p) FROM unnest(${payloads}::text[]) AS p`
         return { seqs, topicSeqs }

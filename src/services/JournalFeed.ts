@@ -1,21 +1,30 @@
 /**
- * JournalFeed: this node's single `LISTEN khala_journal` connection. Commits notify
- * `"<seq> <committed_at_ms> <topic>"` (inside their transaction, so only after commit); a rebuild
- * notifies `"! <epoch>"`. Notifications carry positions only — the journal is the source of the
- * data — so a lost notification costs latency, never data: after every (re)connect all actors
- * re-read their position.
+ * JournalFeed: this node's single `LISTEN khala_journal` connection. Committed heads are announced
+ * as `"<seq> <committed_at_ms> <topic>"` (after the commit, by the JournalNotifier of the node that
+ * committed); a rebuild notifies `"! <epoch>"`; `"*"` asks every node to re-read every position.
+ * Notifications carry positions only — the journal is the source of the data — so a lost
+ * notification costs latency, never data: after every (re)connect all actors re-read their
+ * position, and the reconciler compares every local actor's head with the journal every
+ * `feedReconcileIntervalMs`; an actor still below the head read one interval earlier missed a
+ * notification (its node crashed between commit and announcement, or the listener silently
+ * stalled) and is woken.
  */
 import { PgClient } from "@effect/sql-pg"
-import { Clock, Deferred, Effect, Layer, Metric, Queue, Schedule } from "effect"
+import { Clock, Deferred, Duration, Effect, Layer, Metric, Queue, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
+import { KhalaConfig } from "../layers/Config.ts"
 import { JOURNAL_CHANNEL } from "./Journal.ts"
-import { projectionLagMs } from "./Metrics.ts"
+import { RESYNC_ALL_PAYLOAD } from "./JournalNotifier.ts"
+import { feedReconcileWakeups, projectionLagMs } from "./Metrics.ts"
 import { TopicHub } from "./TopicHub.ts"
 
 export type FeedMessage =
   | { readonly _tag: "Entry"; readonly topic: string; readonly seq: number; readonly committedAtMs: number }
   | { readonly _tag: "Epoch"; readonly epoch: string }
+  | { readonly _tag: "ResyncAll" }
 
 export const parseFeedMessage = (payload: string): FeedMessage | undefined => {
+  if (payload === RESYNC_ALL_PAYLOAD) return { _tag: "ResyncAll" }
   if (payload.startsWith("! ")) return { _tag: "Epoch", epoch: payload.slice(2) }
   const a = payload.indexOf(" ")
   const b = payload.indexOf(" ", a + 1)
@@ -46,6 +55,7 @@ export const JournalFeedLive = Layer.effectDiscard(
             const message = parseFeedMessage(n.payload)
             if (message === undefined) continue
             if (message._tag === "Epoch") yield* hub.resyncAll(message.epoch)
+            else if (message._tag === "ResyncAll") yield* hub.resyncAll(undefined)
             else {
               yield* hub.notify(message.topic, message.seq)
               lag = now - message.committedAtMs
@@ -62,5 +72,33 @@ export const JournalFeedLive = Layer.effectDiscard(
       Effect.forkScoped
     )
     yield* Deferred.await(ready)
+
+    // ---- reconciler: heads read at the previous tick; an actor still below one missed it.
+    const sql = yield* SqlClient.SqlClient
+    const { feedReconcileIntervalMs } = yield* KhalaConfig
+    let previous = new Map<string, number>()
+    const reconcile = Effect.gen(function*() {
+      const local = hub.heads()
+      if (local.length === 0) {
+        previous = new Map()
+        return
+      }
+      for (const [topic, head] of local) {
+        const seen = previous.get(topic)
+        if (seen !== undefined && head < seen) {
+          yield* hub.notify(topic, seen)
+          yield* Metric.update(feedReconcileWakeups, 1)
+        }
+      }
+      const rows = yield* sql<{ topic: string; head_seq: bigint }>`
+        SELECT topic, head_seq FROM runtime.sync_topic_sequences
+        WHERE topic = ANY(${local.map(([t]) => t)}::text[])`
+      previous = new Map(rows.map((r) => [r.topic, Number(r.head_seq)]))
+    })
+    yield* reconcile.pipe(
+      Effect.catch((e) => Effect.logWarning("journal reconcile failed; will retry", e)),
+      Effect.repeat(Schedule.spaced(Duration.millis(feedReconcileIntervalMs))),
+      Effect.forkScoped
+    )
   }).pipe(Effect.withSpan("JournalFeed.start"))
 )

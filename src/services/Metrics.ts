@@ -28,6 +28,9 @@ export const replayDurationMs = Metric.histogram("khala_replay_duration_ms", {
   description: "Time from Subscribe to CaughtUp per subscription",
   boundaries: ms
 })
+export const feedReconcileWakeups = Metric.counter("khala_feed_reconcile_wakeups_total", {
+  description: "Topic actors the reconciler woke: still behind the journal head read one interval earlier (lost or late notifications)"
+})
 export const connectionsGauge = Metric.gauge("khala_ws_connections", { description: "Open WebSocket connections" })
 export const subscriptionsGauge = Metric.gauge("khala_ws_subscriptions", { description: "Active topic subscriptions" })
 export const deliveredFrames = Metric.counter("khala_delivered_frames_total", {

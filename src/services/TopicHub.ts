@@ -50,6 +50,8 @@ export class TopicHub extends Context.Service<TopicHub, {
   readonly deliverCommitted: (
     committed: { readonly epoch: string; readonly topics: ReadonlyMap<string, ReadonlyArray<StoredEntry>> }
   ) => void
+  /** Every local topic with the head its actor has reached (for the feed's reconciler). */
+  readonly heads: () => ReadonlyArray<readonly [topic: string, headSeq: number]>
   /** After a listener reconnect or an epoch change: every actor re-reads its position. */
   readonly resyncAll: (epoch: string | undefined) => Effect.Effect<void>
   readonly report: (limit: number) => Effect.Effect<ReadonlyArray<TopicReport>>
@@ -168,8 +170,11 @@ export class TopicHub extends Context.Service<TopicHub, {
           return rows.slice(0, Math.max(0, limit))
         })
 
+      const heads = () => Array.from(actors.values(), (h) => [h.topic, h.stats.headSeq] as const)
+
       return TopicHub.of({
         acquire,
+        heads,
         notify,
         deliverCommitted,
         resyncAll,

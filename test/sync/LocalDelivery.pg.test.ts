@@ -77,7 +77,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         // 2. entries committed without a hand-over (seqs 5, 6), then a hand-over of seq 7:
         //    the actor sees the gap and reads 5 and 6 from the journal first
         yield* sql.withTransaction(journal.appendAll([draft(5), draft(6)], 1))
-        const pending: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
+        const pending: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
         yield* sql.withTransaction(journal.appendAll([draft(7)], 1).pipe(Effect.provideService(PendingDelivery, pending)))
         assert.deepStrictEqual(pending.topics.get("run/ld")?.map((e) => e.seq), [7])
         hub.deliverCommitted(pending)
@@ -88,7 +88,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         hub.deliverCommitted(pending)
         // 4. a resync (listener reconnect) between the transaction and its hand-over: still
         //    delivered exactly once
-        const pending8: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
+        const pending8: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
         yield* sql.withTransaction(journal.appendAll([draft(8)], 1).pipe(Effect.provideService(PendingDelivery, pending8)))
         yield* hub.resyncAll(undefined)
         hub.deliverCommitted(pending8)
@@ -105,7 +105,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         // 6. hand-overs that queue up while the actor is busy go out as one frame
         const queued: Array<PendingDelivery["Service"]> = []
         for (const n of [11, 12, 13]) {
-          const p: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
+          const p: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
           yield* sql.withTransaction(journal.appendAll([draft(n)], 1).pipe(Effect.provideService(PendingDelivery, p)))
           queued.push(p)
         }
@@ -116,7 +116,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         assert.strictEqual(queued[0]!.epoch, epoch) // stamped inside the transaction
 
         // 7. a hand-over stamped with another epoch is never delivered: the actor re-reads instead
-        const foreign: PendingDelivery["Service"] = { epoch: "", topics: new Map() }
+        const foreign: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
         yield* sql.withTransaction(journal.appendAll([draft(14)], 1).pipe(Effect.provideService(PendingDelivery, foreign)))
         hub.deliverCommitted({ epoch: "some-other-epoch", topics: foreign.topics })
         yield* waitFor("seq 14 (read from the journal in our epoch)", () => seqs.length === 12)

@@ -1,0 +1,86 @@
+/**
+ * Cross-node notifications: commits announce their heads after the commit (JournalNotifier), and
+ * a notification that never comes (the committing node crashed between its commit and the
+ * announcement) is made up for by the reconciler of every node that has subscribers on the topic.
+ */
+import { PgClient } from "@effect/sql-pg"
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Effect, Layer, ManagedRuntime, Redacted } from "effect"
+import { SqlClient } from "effect/sql"
+import { KhalaConfig } from "../../src/layers/Config.ts"
+import { parseFeedMessage } from "../../src/services/JournalFeed.ts"
+import { Journal } from "../../src/services/Journal.ts"
+import { RESYNC_ALL_PAYLOAD } from "../../src/services/JournalNotifier.ts"
+import { appendRun, type Cluster, mintToken, startCluster } from "../support/Cluster.ts"
+import { WsClient } from "../support/WsClient.ts"
+
+let cluster: Cluster
+
+beforeAll(async () => {
+  cluster = await startCluster(2, { feedReconcileIntervalMs: 100 })
+}, 120_000)
+afterAll(async () => {
+  await cluster?.close()
+})
+
+const metric = async (node: { http: string }, name: string) => {
+  const text = await (await fetch(`${node.http}/metrics`)).text()
+  const line = text.split("\n").find((l) => l.startsWith(name))
+  return line === undefined ? 0 : Number(line.split(" ").pop())
+}
+
+describe("journal notifications", () => {
+  it("parses the resync-everything message", () => {
+    assert.deepStrictEqual(parseFeedMessage(RESYNC_ALL_PAYLOAD), { _tag: "ResyncAll" })
+    assert.deepStrictEqual(parseFeedMessage("7 1000 run/x"), { _tag: "Entry", topic: "run/x", seq: 7, committedAtMs: 1000 })
+  })
+
+  it("delivers another node's commits, and entries whose announcement was lost", async () => {
+    const [a, b] = cluster.nodes
+    await appendRun(a!, "nt", { type: "run.created", owner_user_id: "u-nt" }) // run/nt seqs 1, 2
+    const client = new WsClient(b!.ws, "khala.v1.proto")
+    await client.opened
+    client.hello(await mintToken(b!, "u-nt"))
+    client.subscribe("s", [{ topic: "run/nt" }])
+    await client.next("caughtUp")
+    assert.deepStrictEqual(client.seqs("run/nt"), [1, 2])
+
+    // Committed on node A, announced after the commit, delivered by node B.
+    await appendRun(a!, "nt", { type: "run.started" }) // seqs 3, 4
+    await client.until(() => client.seqs("run/nt").length === 4, 10_000, "seqs 3, 4 from the other node")
+
+    // A commit that is never announced (as if its node died right after COMMIT).
+    const wakeupsBefore = await metric(b!, "khala_feed_reconcile_wakeups_total")
+    const writer = ManagedRuntime.make(
+      Journal.layer.pipe(
+        Layer.provideMerge(PgClient.layer({ url: Redacted.make(cluster.databaseUrl), maxConnections: 1 })),
+        Layer.provide(KhalaConfig.layerWith())
+      )
+    )
+    try {
+      await writer.runPromise(Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const journal = yield* Journal
+        yield* sql.withTransaction(journal.append([{
+          topic: "run/nt",
+          kind: "run.event",
+          docKey: "run_event:nt:lost",
+          docVersion: 1,
+          occurredAtMs: 1,
+          body: { case: undefined }
+        }], Date.now(), { notify: false }))
+      }))
+    } finally {
+      await writer.dispose()
+    }
+    await client.until(() => client.seqs("run/nt").length === 5, 10_000, "seq 5 through the reconciler")
+    assert.deepStrictEqual(client.seqs("run/nt"), [1, 2, 3, 4, 5])
+    assert.isAtLeast(await metric(b!, "khala_feed_reconcile_wakeups_total"), wakeupsBefore + 1)
+
+    // Live delivery goes on after it.
+    await appendRun(a!, "nt", { type: "run.step" }) // seqs 6, 7
+    await client.until(() => client.seqs("run/nt").length === 7, 10_000, "seqs 6, 7")
+    assert.deepStrictEqual(client.seqs("run/nt"), [1, 2, 3, 4, 5, 6, 7])
+    client.close()
+  }, 60_000)
+})
