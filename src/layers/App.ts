@@ -51,7 +51,11 @@ const BaseServices = Layer.mergeAll(
 )
 
 /** All services; requires `SqlClient`/`PgClient` and `KhalaConfig`. */
-export const ServicesLive = Layer.mergeAll(RunCommands.layer, RunEventBatches.layer, WorkerCommands.layer, ProjectionOps.layer).pipe(
+export const ServicesLive = Layer.mergeAll(
+  RunCommands.layer.pipe(Layer.provideMerge(RunEventBatches.layer)),
+  WorkerCommands.layer,
+  ProjectionOps.layer
+).pipe(
   Layer.provideMerge(Projector.layer),
   Layer.provideMerge(BaseServices)
 )

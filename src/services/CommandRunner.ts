@@ -44,7 +44,15 @@ export class CommandRunner extends Context.Service<CommandRunner, {
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
           const pending: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
-          const result = yield* sql.withTransaction(Effect.provideService(body, PendingDelivery, pending)).pipe(
+          // Committed (the outermost transaction, when a caller's encloses this one): this node's
+          // subscribers get the entries now, without a journal read, and other nodes hear of them.
+          const handOver = Effect.sync(() => {
+            hub.deliverCommitted(pending)
+            if (pending.topics.size > 0) notifier.announce(pending.committedAtMs, headsOf(pending.topics))
+          })
+          const result = yield* sql.withTransaction(
+            Effect.provideService(body, PendingDelivery, pending).pipe(Effect.tap(() => sql.afterCommit(handOver)))
+          ).pipe(
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
               Effect.fail(
                 apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
@@ -66,9 +74,6 @@ export class CommandRunner extends Context.Service<CommandRunner, {
               )
             )
           )
-          // Committed: this node's subscribers get the entries now, without a journal read.
-          hub.deliverCommitted(pending)
-          if (pending.topics.size > 0) notifier.announce(pending.committedAtMs, headsOf(pending.topics))
           const end = yield* Clock.currentTimeMillis
           yield* Metric.update(commandCommitDurationMs, end - start)
           yield* Metric.update(

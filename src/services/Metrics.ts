@@ -31,6 +31,10 @@ export const replayDurationMs = Metric.histogram("khala_replay_duration_ms", {
 export const feedReconcileWakeups = Metric.counter("khala_feed_reconcile_wakeups_total", {
   description: "Topic actors the reconciler woke: still behind the journal head read one interval earlier (lost or late notifications)"
 })
+export const commandGroupEvents = Metric.histogram("khala_command_group_events", {
+  description: "Single-event commands per group transaction (group commit of concurrent commands)",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 11 })
+})
 export const connectionsGauge = Metric.gauge("khala_ws_connections", { description: "Open WebSocket connections" })
 export const subscriptionsGauge = Metric.gauge("khala_ws_subscriptions", { description: "Active topic subscriptions" })
 export const deliveredFrames = Metric.counter("khala_delivered_frames_total", {

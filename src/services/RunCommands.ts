@@ -1,11 +1,17 @@
 /**
  * RunCommands: `POST /internal/v1/runs/{run_id}/events` and `GET /internal/v1/runs/{run_id}`.
  *
- * One command = one transaction: lock (or create) the run row → idempotency check → lifecycle
+ * A command alone is one transaction: lock (or create) the run row → idempotency check → lifecycle
  * rules (404 before run.created, 409 on a second run.created or after a terminal event) → append
  * the authority event → project (read model + journal + checkpoint) → store the idempotent response.
+ * Concurrent commands are group-committed (GroupCommit): while the workers are busy, new commands
+ * gather and go together through RunEventBatches' set-based transaction, which answers and writes
+ * exactly what the commands would have one after another in arrival order (property-tested), so
+ * a burst of writers shares fsyncs and statements instead of queueing for them. Validation errors
+ * are answered before any of this; a command issued inside a caller's transaction joins it.
  */
-import { Clock, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Context, Effect, Layer, Metric, Option, Schema, type Tracer } from "effect"
+import { SqlClient } from "effect/sql"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { runSummaryJson } from "../domain/Documents.ts"
 import { isValidId } from "../domain/Ids.ts"
@@ -14,9 +20,12 @@ import { isStorableJson, isStorableString } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore } from "./EventStore.ts"
+import { makeGroupCommitter } from "./GroupCommit.ts"
+import { commandGroupEvents } from "./Metrics.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
 import { Projector } from "./Projector.ts"
 import { ReadModels } from "./ReadModels.ts"
+import { type GroupItem, type ItemAnswer, MAX_BATCH_EVENTS, RunEventBatches } from "./RunEventBatches.ts"
 
 export const IdempotencyKey = Schema.String.check(
   Schema.isMinLength(1),
@@ -108,6 +117,17 @@ export const lifecycleRejection = (
   return undefined
 }
 
+/** Group transactions committing at once (each holds one pooled connection while it commits). */
+const GROUP_COMMIT_WORKERS = 2
+/** Commands waiting for a group beyond which new ones wait to be queued (HTTP backpressure). */
+const GROUP_COMMIT_QUEUE = 4 * MAX_BATCH_EVENTS
+
+interface PendingCommand extends GroupItem {
+  readonly now: number
+  /** The request's span: a command committed alone is traced under it. */
+  readonly span: Tracer.AnySpan | undefined
+}
+
 export class RunCommands extends Context.Service<RunCommands, {
   readonly appendEvent: (runId: string, body: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
   readonly get: (runId: string) => Effect.Effect<JsonObject, ApiError>
@@ -120,17 +140,13 @@ export class RunCommands extends Context.Service<RunCommands, {
       const projector = yield* Projector
       const idempotency = yield* Idempotency
       const readModels = yield* ReadModels
+      const batches = yield* RunEventBatches
+      const sql = yield* SqlClient.SqlClient
 
-      const appendEvent = Effect.fn("RunCommands.appendEvent")(function*(
-        runId: string,
-        raw: unknown,
-        requestId: string | undefined
-      ) {
-        const now = yield* Clock.currentTimeMillis
-        const { type, payload, body, occurredAtMs, scope } = yield* validateRunEvent(runId, raw, now)
-        yield* Effect.annotateCurrentSpan({ "khala.run_id": runId, "khala.event_type": type })
-
-        return yield* runner.transact(
+      /** The one-event transaction (a group of one: no contention, so nothing to share). */
+      const commitOne = (event: ValidRunEvent, requestId: string | undefined, now: number) => {
+        const { runId, type, payload, body, occurredAtMs, scope } = event
+        return runner.transact(
           type,
           Effect.gen(function*() {
             const created = type === "run.created"
@@ -160,6 +176,41 @@ export class RunCommands extends Context.Service<RunCommands, {
             )
           })
         )
+      }
+
+      // Group commit: concurrent commands share transactions (RunEventBatches.commitGroup answers
+      // each exactly as its own transaction would); a command that finds a worker idle commits alone.
+      const committer = yield* makeGroupCommitter<PendingCommand, ItemAnswer, never>({
+        workers: GROUP_COMMIT_WORKERS,
+        maxGroup: MAX_BATCH_EVENTS,
+        capacity: GROUP_COMMIT_QUEUE,
+        commit: (items) =>
+          Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
+            items.length === 1
+            ? commitOne(items[0]!.event, items[0]!.requestId, items[0]!.now).pipe(
+              items[0]!.span === undefined ? (e) => e : Effect.withParentSpan(items[0]!.span),
+              Effect.map((r): ReadonlyArray<ItemAnswer> => [r]),
+              Effect.catch((e: ApiError) => Effect.succeed([e]))
+            )
+            // Committed at the latest of its commands' request times (the injected clock's).
+            : batches.commitGroup(items, items.reduce((t, i) => Math.max(t, i.now), 0))
+          ))
+      })
+
+      const appendEvent = Effect.fn("RunCommands.appendEvent")(function*(
+        runId: string,
+        raw: unknown,
+        requestId: string | undefined
+      ) {
+        const now = yield* Clock.currentTimeMillis
+        const event = yield* validateRunEvent(runId, raw, now)
+        yield* Effect.annotateCurrentSpan({ "khala.run_id": runId, "khala.event_type": event.type })
+        // Inside a caller's transaction (tools, tests): join it, as one command always did.
+        if (Option.isSome(yield* Effect.serviceOption(sql.transactionService))) return yield* commitOne(event, requestId, now)
+        const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        const answer = yield* committer.submit({ event, requestId, now, span })
+        if (answer instanceof ApiError) return yield* answer
+        return answer
       })
 
       const get = Effect.fn("RunCommands.get")(function*(runId: string) {

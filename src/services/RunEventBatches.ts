@@ -60,8 +60,22 @@ interface RunState {
 
 const itemKey = (runId: string, key: string) => `${runId}\u0000${key}`
 
+/** One request of a group commit: a validated event and the request it came with. */
+export interface GroupItem {
+  readonly event: ValidRunEvent
+  readonly requestId: string | undefined
+}
+
+/** One item's answer inside the service: the single endpoint's result or its typed error. */
+export type ItemAnswer = CommandResult | ApiError
+
 export class RunEventBatches extends Context.Service<RunEventBatches, {
   readonly append: (raw: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
+  /**
+   * Concurrent single-event commands (RunCommands' group commit) in one transaction: answers in
+   * input order, each exactly what the command would answer alone, in that order.
+   */
+  readonly commitGroup: (group: ReadonlyArray<GroupItem>, committedAtMs: number) => Effect.Effect<ReadonlyArray<ItemAnswer>>
 }>()("khala/services/RunEventBatches") {
   static readonly layer = Layer.effect(
     RunEventBatches,
@@ -75,7 +89,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
         items: ReadonlyArray<ValidRunEvent | ApiError>,
         rejected: ReadonlyMap<number, ApiError>,
         now: number,
-        requestId: string | undefined
+        requestIds: (i: number) => string | undefined
       ) =>
         Effect.gen(function*() {
           const live: Array<[number, ValidRunEvent]> = []
@@ -202,7 +216,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
                 RETURNING owner_user_id, last_ordinal`).map((r) => [r.owner_user_id, Number(r.last_ordinal)])
             )
             const nextOrdinal = new Map(owners.map((o) => [o, lastOrdinal.get(o)! - perOwner.get(o)! + 1]))
-            const eventRows = appends.map(([, a]) => {
+            const eventRows = appends.map(([i, a]) => {
               const ordinal = nextOrdinal.get(a.ownerUserId)!
               nextOrdinal.set(a.ownerUserId, ordinal + 1)
               return {
@@ -212,7 +226,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
                 type: a.event.type,
                 payload: JSON.stringify(a.event.payload),
                 occurred_at: new Date(a.event.occurredAtMs),
-                request_id: requestId ?? null
+                request_id: requestIds(i) ?? null
               }
             })
             const stored = new Map<string, EventRow>()
@@ -300,10 +314,10 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
           }
 
           // 9. Answers; the keyed appends' answers are stored for retries.
-          const results: Array<BatchItemResult> = outcomes.map((o, i) => {
+          const results: Array<ItemAnswer> = outcomes.map((o, i) => {
             switch (o._tag) {
               case "rejected":
-                return { status: o.error.status, body: o.error.toBody() }
+                return o.error
               case "replayStored":
                 return { status: 200, body: o.body }
               case "append":
@@ -313,7 +327,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             }
           })
           outcomes.forEach((o, i) => {
-            if (o._tag === "replayItem") results[i] = { status: 200, body: results[o.index]!.body as JsonObject }
+            if (o._tag === "replayItem") results[i] = { status: 200, body: (results[o.index] as CommandResult).body }
           })
           const keyRows = appends.filter(([, a]) => a.event.scope !== undefined).map(([i, a]) => ({
             entity_kind: "run",
@@ -321,12 +335,52 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             idempotency_key: a.event.scope!.key,
             request_hash: a.event.scope!.requestHash,
             status: 201,
-            response: JSON.stringify(results[i]!.body)
+            response: JSON.stringify((results[i] as CommandResult).body)
           }))
           if (keyRows.length > 0) {
             yield* sql`INSERT INTO runtime.idempotency_keys ${sql.insert(keyRows as [typeof keyRows[0], ...typeof keyRows])}`
           }
           return { results, topicSeqs: batchTopicSeqs, appended: appends.length }
+        })
+
+      /**
+       * Commits `items` (validated, or already rejected) in one transaction, labelled `command`:
+       * an item whose journal entry would not fit one frame is 413 and the rest is committed
+       * without it. Counts every item's outcome. A database failure is every item's answer.
+       */
+      const commitItems = (
+        command: string,
+        items: ReadonlyArray<ValidRunEvent | ApiError>,
+        now: number,
+        requestIds: (i: number) => string | undefined
+      ) =>
+        Effect.gen(function*() {
+          const rejected = new Map<number, ApiError>()
+          let done: Effect.Success<ReturnType<typeof commit>> | undefined
+          while (done === undefined) {
+            done = yield* runner.transact(command, commit(items, rejected, now, requestIds).pipe(
+              Effect.map((r) => ({ status: 201, body: {}, ...r }))
+            )).pipe(
+              Effect.catchTag("ItemTooLarge", (e) =>
+                Effect.sync(() => {
+                  rejected.set(
+                    e.index,
+                    apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
+                      limit_bytes: e.limit
+                    })
+                  )
+                  return undefined
+                }))
+            )
+          }
+          const result = done
+          for (const [i, r] of result.results.entries()) {
+            const item = items[i]!
+            const label = item instanceof ApiError ? "run.invalid" : item.type
+            const outcome = r instanceof ApiError ? r.code : r.status === 201 ? "ok" : "replayed"
+            yield* Metric.update(Metric.withAttributes(commandsTotal, { command: label, outcome }), 1)
+          }
+          return result
         })
 
       const append = Effect.fn("RunEventBatches.append")(function*(raw: unknown, requestId: string | undefined) {
@@ -339,39 +393,27 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             : validateRunEvent(runId, item, now).pipe(Effect.catch((e: ApiError) => Effect.succeed(e)))
         })
         yield* Effect.annotateCurrentSpan({ "khala.batch_events": items.length })
-        // An item whose journal entry would not fit one frame is 413; the rest is committed without it.
-        const rejected = new Map<number, ApiError>()
-        let done: Effect.Success<ReturnType<typeof commit>> | undefined
-        while (done === undefined) {
-          done = yield* runner.transact("run.batch", commit(items, rejected, now, requestId).pipe(
-            Effect.map((r) => ({ status: 201, body: {}, ...r }))
-          )).pipe(
-            Effect.catchTag("ItemTooLarge", (e) =>
-              Effect.sync(() => {
-                rejected.set(
-                  e.index,
-                  apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
-                    limit_bytes: e.limit
-                  })
-                )
-                return undefined
-              }))
-          )
-        }
-        const result = done
-        for (const [i, r] of result.results.entries()) {
-          const item = items[i]!
-          const command = item instanceof ApiError ? "run.invalid" : item.type
-          const outcome = r.status === 201 ? "ok" : r.status === 200 ? "replayed" : (r.body as { error: { code: string } }).error.code
-          yield* Metric.update(Metric.withAttributes(commandsTotal, { command, outcome }), 1)
-        }
+        const result = yield* commitItems("run.batch", items, now, () => requestId)
+        const results: Array<BatchItemResult> = result.results.map((r) =>
+          r instanceof ApiError ? { status: r.status, body: r.toBody() } : r as BatchItemResult
+        )
         return {
           status: 200,
-          body: { results: result.results, topic_seqs: result.topicSeqs } as unknown as JsonObject
+          body: { results, topic_seqs: result.topicSeqs } as unknown as JsonObject
         } satisfies CommandResult
       })
 
-      return RunEventBatches.of({ append })
+      const commitGroup = (group: ReadonlyArray<GroupItem>, now: number) =>
+        Effect.gen(function*() {
+          yield* Effect.annotateCurrentSpan({ "khala.group_events": group.length })
+          const result = yield* commitItems("run.group", group.map((g) => g.event), now, (i) => group[i]!.requestId)
+          return result.results
+        }).pipe(
+          Effect.catch((e: ApiError) => Effect.succeed(group.map(() => e))),
+          Effect.withSpan("RunEventBatches.commitGroup")
+        )
+
+      return RunEventBatches.of({ append, commitGroup })
     })
   )
 }

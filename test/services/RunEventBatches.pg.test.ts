@@ -7,10 +7,11 @@
  * (their encoded wire bytes included), topic heads and stored idempotent responses.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Metric } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
+import { commandGroupEvents } from "../../src/services/Metrics.ts"
 import { ProjectionOps } from "../../src/services/ProjectionOps.ts"
 import { RunCommands } from "../../src/services/RunCommands.ts"
 import { type BatchItemResult, MAX_BATCH_EVENTS, RunEventBatches } from "../../src/services/RunEventBatches.ts"
@@ -189,6 +190,54 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
   })
 
   describe("concurrency", () => {
+    it.effect("concurrent single commands are group-committed with the answers and bytes of the same commands one by one", () =>
+      Effect.gen(function*() {
+        const runs = yield* RunCommands
+        // One script per run (its own owner, so no two scripts share a topic): a 404 first, then
+        // create, a keyed start and its retry (replayed), steps, an end, and a step after it (409).
+        const scripts = Array.from({ length: 24 }, (_, r) => {
+          const id = `g${r}`
+          const bodies: Array<[string, Record<string, unknown>]> = [
+            [`g${r}-missing`, { type: "run.step" }],
+            [id, { type: "run.created", owner_user_id: `go${r}` }],
+            [id, { type: "run.started", idempotency_key: "k1" }],
+            [id, { type: "run.started", idempotency_key: "k1" }],
+            [id, { type: "run.step", payload: { r, i: 1 } }],
+            [id, { type: "run.step", payload: { r, i: 2, big: r % 6 === 0 ? "x".repeat(5000) : "" } }],
+            [id, { type: "run.step", payload: { r, i: 3 }, idempotency_key: "k2" }],
+            [id, { type: "run.completed" }],
+            [id, { type: "run.step" }]
+          ]
+          return bodies
+        })
+        const runScript = (script: ReadonlyArray<[string, Record<string, unknown>]>) =>
+          Effect.forEach(script, ([id, body]) =>
+            runs.appendEvent(id, body, `req-${id}`).pipe(
+              Effect.map(resultOf),
+              Effect.catch((e: ApiError) => Effect.succeed(resultOf(e)))
+            ))
+
+        yield* reset
+        const oneByOne = yield* Effect.forEach(scripts, runScript)
+        const bySingle = yield* capture
+
+        yield* reset
+        const before = yield* Metric.value(commandGroupEvents)
+        const concurrent = yield* Effect.forEach(scripts, runScript, { concurrency: "unbounded" })
+        const byGroups = yield* capture
+        const after = yield* Metric.value(commandGroupEvents)
+
+        // groups did form (more commands than transactions) …
+        const commands = scripts.reduce((n, s) => n + s.length, 0)
+        assert.strictEqual(after.sum - before.sum, commands)
+        assert.isBelow(after.count - before.count, commands)
+        // … and changed nothing anyone can observe
+        assert.deepStrictEqual(concurrent, oneByOne)
+        assert.deepStrictEqual(byGroups, bySingle)
+        const ops = yield* ProjectionOps
+        assert.deepStrictEqual((yield* ops.drift).drifted, [])
+      }))
+
     it.effect("concurrent batches and single commands over shared runs and owners: no deadlock, gapless seqs", () =>
       Effect.gen(function*() {
         yield* reset
