@@ -4,11 +4,12 @@
  * { useProtoFieldName: true })` (test/domain/UpdateEncoding.test.ts checks byte equality), but
  * encodes the body (the document or event) once: a summary written to its entity topic and its
  * user topic, or the same document in many entries of a batch, is encoded a single time and
- * spliced behind each entry's header. The body's JSON is also what the journal's `body` column
- * stores, so it is not rendered a third time either.
+ * spliced behind each entry's header. `bodyBytesOf` finds the body's bytes again in a stored
+ * `Update` (the journal's body hash, computed at write time from the body's bytes, is
+ * recomputed from them for rows written before the hash existed).
  */
 import { toBinary } from "@bufbuild/protobuf"
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire"
+import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire"
 import {
   CodexWorkerSummarySchema,
   RunEventSchema,
@@ -35,7 +36,6 @@ export interface EncodedBody {
   readonly field: number
   readonly jsonName: string
   readonly pb: Uint8Array
-  /** Also the journal's `body` column. */
   readonly json: string
 }
 
@@ -83,9 +83,12 @@ export const bodyEncoder = () => {
   }
 }
 
+/** One writer for every encoding (synchronous; `finish` copies out and resets): its buffer has grown once. */
+const writer = new BinaryWriter()
+
 /** header + encoded body → the stored `Update` encodings (proto3: zero scalars are omitted). */
 export const encodeUpdate = (h: UpdateHeader, body: EncodedBody | undefined): EncodedUpdate => {
-  const w = new BinaryWriter()
+  const w = writer
   let json = "{"
   let sep = ""
   const u64 = (field: number, name: string, v: number) => {
@@ -116,4 +119,19 @@ export const encodeUpdate = (h: UpdateHeader, body: EncodedBody | undefined): En
     json += `${sep}"${body.jsonName}":${body.json}`
   }
   return { pb: w.finish(), json: json + "}" }
+}
+
+const BODY_FIELD_NUMBERS: ReadonlySet<number> = new Set(Object.values(BODY_FIELDS).map((b) => b.field))
+const NO_BODY = new Uint8Array(0)
+
+/** The body's encoded bytes inside an encoded `Update` (empty when it has none). */
+export const bodyBytesOf = (updatePb: Uint8Array): Uint8Array => {
+  const r = new BinaryReader(updatePb)
+  let body: Uint8Array = NO_BODY
+  while (r.pos < r.len) {
+    const [field, wireType] = r.tag()
+    if (wireType === WireType.LengthDelimited && BODY_FIELD_NUMBERS.has(field)) body = r.bytes()
+    else r.skip(wireType, field)
+  }
+  return body
 }

@@ -18,10 +18,11 @@
  */
 import { toJson } from "@bufbuild/protobuf"
 import { Context, Effect, Layer, Option, Schema } from "effect"
+import { hash } from "node:crypto"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
-import { bodyEncoder, encodeUpdate } from "../domain/UpdateEncoding.ts"
+import { bodyEncoder, type EncodedBody, encodeUpdate } from "../domain/UpdateEncoding.ts"
 import { utf8ByteLength } from "../domain/Protocol.ts"
 import { KhalaConfig } from "../layers/Config.ts"
 
@@ -39,6 +40,13 @@ export class JournalEntryTooLarge extends Schema.TaggedError<JournalEntryTooLarg
   limit: Schema.Number
 }) {}
 export const SCHEMA_VERSION = 1
+
+/**
+ * The journal's `body_md5`: MD5 of the entry's encoded body (document or event) — what a rebuild
+ * compares to decide whether an entry came back identical (its `committed_at` may differ).
+ */
+export const bodyMd5 = (bodyPb: Uint8Array): Uint8Array => hash("md5", bodyPb, "buffer")
+const EMPTY_BODY_MD5 = bodyMd5(new Uint8Array(0))
 
 /** An entry to append; the seq is allocated by `append`. */
 export interface JournalDraft {
@@ -169,11 +177,12 @@ export class Journal extends Context.Service<Journal, {
           docKey: new Array<string>(n),
           docVersion: new Array<string>(n),
           occurredAt: new Array<Date>(n),
-          body: new Array<string>(n),
+          bodyMd5: new Array<Uint8Array>(n),
           pb: new Array<Uint8Array>(n),
           json: new Array<string>(n)
         }
         const encodeBodyOnce = bodyEncoder()
+        const hashes = new Map<EncodedBody, Uint8Array>()
         let row = 0
         for (const [topic, indexes] of byTopic) {
           const head = heads.get(topic)!
@@ -204,7 +213,12 @@ export class Journal extends Context.Service<Journal, {
             cols.docKey[row] = d.docKey
             cols.docVersion[row] = String(d.docVersion)
             cols.occurredAt[row] = new Date(d.occurredAtMs)
-            cols.body[row] = body?.json ?? "null"
+            let md5 = body === undefined ? EMPTY_BODY_MD5 : hashes.get(body)
+            if (md5 === undefined) {
+              md5 = bodyMd5(body!.pb)
+              hashes.set(body!, md5)
+            }
+            cols.bodyMd5[row] = md5
             cols.pb[row] = encoded.pb
             cols.json[row] = encoded.json
             row++
@@ -218,13 +232,13 @@ export class Journal extends Context.Service<Journal, {
         }
         yield* sql`
           INSERT INTO runtime.sync_stream_events
-            (topic, seq, kind, doc_key, doc_version, schema_version, occurred_at, committed_at, body, update_pb, update_json)
-          SELECT topic, seq, kind, doc_key, doc_version, ${SCHEMA_VERSION}, occurred_at, ${new Date(committedAtMs)}, body,
+            (topic, seq, kind, doc_key, doc_version, schema_version, occurred_at, committed_at, body_md5, update_pb, update_json)
+          SELECT topic, seq, kind, doc_key, doc_version, ${SCHEMA_VERSION}, occurred_at, ${new Date(committedAtMs)}, body_md5,
                  update_pb, update_json
           FROM unnest(${cols.topic}::text[], ${cols.seq}::bigint[], ${cols.kind}::text[], ${cols.docKey}::text[],
-                      ${cols.docVersion}::bigint[], ${cols.occurredAt}::timestamptz[], ${cols.body}::jsonb[],
+                      ${cols.docVersion}::bigint[], ${cols.occurredAt}::timestamptz[], ${cols.bodyMd5}::bytea[],
                       ${cols.pb}::bytea[], ${cols.json}::text[])
-            AS x(topic, seq, kind, doc_key, doc_version, occurred_at, body, update_pb, update_json)`
+            AS x(topic, seq, kind, doc_key, doc_version, occurred_at, body_md5, update_pb, update_json)`
         // Announced after the commit by the command envelope (see JournalNotifier).
         if (options?.notify === false || pending) return { seqs, topicSeqs }
         // No envelope: one notification statement for every topic, inside the transaction.

@@ -169,7 +169,7 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
           yield* sql`LOCK TABLE runtime.sync_journal_epoch, runtime.sync_topic_sequences, runtime.sync_stream_events,
             runtime.read_models, runtime.projection_checkpoints IN ACCESS EXCLUSIVE MODE`
           yield* sql`CREATE TEMP TABLE old_journal ON COMMIT DROP AS
-            SELECT topic, seq, kind, doc_key, doc_version, md5(body::text) AS body_md5 FROM runtime.sync_stream_events`
+            SELECT topic, seq, kind, doc_key, doc_version, body_md5 FROM runtime.sync_stream_events`
           yield* sql`CREATE TEMP TABLE old_heads ON COMMIT DROP AS SELECT topic, head_seq FROM runtime.sync_topic_sequences`
           yield* sql`TRUNCATE runtime.read_models, runtime.projection_checkpoints, runtime.sync_stream_events,
             runtime.sync_topic_sequences`
@@ -207,7 +207,7 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
             SELECT EXISTS (
               SELECT topic, seq, kind, doc_key, doc_version, body_md5 FROM old_journal
               EXCEPT
-              SELECT topic, seq, kind, doc_key, doc_version, md5(body::text) FROM runtime.sync_stream_events
+              SELECT topic, seq, kind, doc_key, doc_version, body_md5 FROM runtime.sync_stream_events
             ) OR EXISTS (
               SELECT topic, head_seq FROM old_heads
               EXCEPT

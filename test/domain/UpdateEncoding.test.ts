@@ -9,7 +9,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Arbitrary, Schema } from "effect"
 import { documentJson } from "../../src/domain/DocumentJson.ts"
 import { encodedUpdate } from "../../src/domain/Protocol.ts"
-import { bodyEncoder, encodeBody, encodeUpdate, type UpdateHeader } from "../../src/domain/UpdateEncoding.ts"
+import { bodyBytesOf, bodyEncoder, encodeBody, encodeUpdate, type UpdateHeader } from "../../src/domain/UpdateEncoding.ts"
 import { UpdateSchema } from "../../src/gen/openagents/sync/v1/frames_pb.ts"
 import type { JournalDraft } from "../../src/services/Journal.ts"
 import {
@@ -55,6 +55,8 @@ const check = (drafts: ReadonlyArray<JournalDraft>, h: Omit<UpdateHeader, "kind"
         assert.strictEqual(Buffer.from(actual.pb).toString("hex"), Buffer.from(expected.pb).toString("hex"))
         assert.strictEqual(actual.json, expected.json)
         assert.strictEqual(body?.json, JSON.stringify(documentJson(d.body)))
+        // the body's bytes are found again in the stored Update (the journal's body hash)
+        assert.deepStrictEqual(bodyBytesOf(actual.pb), body?.pb ?? new Uint8Array(0))
       }
     }
   }
@@ -87,5 +89,6 @@ describe("UpdateEncoding", () => {
     const actual = encodeUpdate(h, undefined)
     assert.deepStrictEqual(actual.pb, expected.pb)
     assert.strictEqual(actual.json, expected.json)
+    assert.deepStrictEqual(bodyBytesOf(actual.pb), new Uint8Array(0))
   })
 })

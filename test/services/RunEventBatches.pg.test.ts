@@ -78,7 +78,7 @@ const capture = Effect.gen(function*() {
     checkpoints: yield* sql`
       SELECT entity_kind, entity_id, last_seq::int, doc_hash FROM runtime.projection_checkpoints ORDER BY 1, 2`,
     journal: yield* sql`
-      SELECT topic, seq::int, kind, doc_key, doc_version::int, occurred_at, committed_at, body::text,
+      SELECT topic, seq::int, kind, doc_key, doc_version::int, occurred_at, committed_at, encode(body_md5, 'hex') AS body_md5,
              encode(update_pb, 'hex') AS update_pb, update_json
       FROM runtime.sync_stream_events ORDER BY topic, seq`,
     heads: yield* sql`SELECT topic, head_seq::int, floor_seq::int FROM runtime.sync_topic_sequences ORDER BY topic`,

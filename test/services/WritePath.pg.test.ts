@@ -55,9 +55,9 @@ const capture = Effect.gen(function*() {
     SELECT doc_key, doc_version, encode(document, 'hex') AS document, doc_hash
     FROM runtime.read_models ORDER BY doc_key`
   const journal = yield* sql<
-    { topic: string; seq: bigint; kind: string; doc_key: string; doc_version: bigint; body: string }
+    { topic: string; seq: bigint; kind: string; doc_key: string; doc_version: bigint; body_md5: string }
   >`
-    SELECT topic, seq, kind, doc_key, doc_version, body::text AS body
+    SELECT topic, seq, kind, doc_key, doc_version, encode(body_md5, 'hex') AS body_md5
     FROM runtime.sync_stream_events ORDER BY topic, seq`
   const heads = yield* sql<{ topic: string; head_seq: bigint; floor_seq: bigint }>`
     SELECT topic, head_seq, floor_seq FROM runtime.sync_topic_sequences ORDER BY topic`
