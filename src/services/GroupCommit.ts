@@ -11,6 +11,7 @@
  * `commit` answers per item, in input order, and never fails: an item's failure is part of its
  * answer. A request interrupted before its group was taken is left out of it; once taken, it is
  * committed (its caller is gone, so the answer is dropped; idempotency keys make retries safe).
+ * When the committer's scope closes, requests still queued are interrupted (never left waiting).
  */
 import { Deferred, Effect, Exit, Queue, Scope } from "effect"
 
@@ -35,12 +36,28 @@ export const makeGroupCommitter = <I, O, R>(options: {
 }): Effect.Effect<GroupCommitter<I, O>, never, R | Scope.Scope> =>
   Effect.gen(function*() {
     const queue = yield* Queue.bounded<Pending<I, O>>(options.capacity)
+    /** Queued and not yet taken by a worker. */
+    const queued = new Set<Pending<I, O>>()
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        for (const p of queued) Deferred.doneUnsafe(p.reply, Effect.interrupt)
+        queued.clear()
+      })
+    )
 
     const worker = Effect.gen(function*() {
       const taken = yield* Queue.takeBetween(queue, 1, options.maxGroup)
+      for (const p of taken) queued.delete(p)
       const group = taken.filter((p) => !p.cancelled)
       if (group.length === 0) return
-      const exit = yield* Effect.exit(options.commit(group.map((p) => p.item)))
+      const exit = yield* Effect.exit(options.commit(group.map((p) => p.item))).pipe(
+        // The worker itself interrupted (the scope closes): its group must not wait forever.
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            for (const p of group) Deferred.doneUnsafe(p.reply, Effect.interrupt)
+          })
+        )
+      )
       if (Exit.isSuccess(exit)) {
         group.forEach((p, i) => Deferred.doneUnsafe(p.reply, Effect.succeed(exit.value[i]!)))
       } else {
@@ -53,7 +70,8 @@ export const makeGroupCommitter = <I, O, R>(options: {
     const submit = (item: I) =>
       Effect.gen(function*() {
         const pending: Pending<I, O> = { item, reply: yield* Deferred.make<O>(), cancelled: false }
-        yield* Queue.offer(queue, pending)
+        queued.add(pending)
+        yield* Queue.offer(queue, pending).pipe(Effect.onInterrupt(() => Effect.sync(() => queued.delete(pending))))
         return yield* Deferred.await(pending.reply).pipe(
           Effect.onInterrupt(() => Effect.sync(() => void (pending.cancelled = true)))
         )
