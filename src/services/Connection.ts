@@ -7,11 +7,21 @@
  * bounded outbound queue and its writer, and the close protocol: request-scoped errors are
  * `Error` frames; connection-fatal ones are `Goodbye` then close with 4000 + code.
  *
- * Talks to the socket only through `SocketPort`, so tests can drive it with a fake socket and a
- * TestClock. Never touches SQL itself: Journal, TopicAccess and TopicHub do.
+ * An idle connection is plain state, with no fiber of its own: client frames are handled by a
+ * fiber that exists only while frames are waiting (push sockets) or by the caller's pull loop
+ * (`runConnection`); the writer exists only while the outbound queue has a backlog (the live fast
+ * path writes straight to the socket); heartbeats, token expiry and the auth timeout are entries
+ * in the node's shared `Timers` heap; closing runs in a fiber of its own. Every fiber is forked
+ * with the context the connection was started in (one per node for the daemon), so no per-
+ * connection copy of the service map is kept.
+ *
+ * Talks to the socket only through `SocketPort` (pulled: tests drive it with a fake socket and a
+ * TestClock) or `PushSocketPort` (the daemon's `ws` sockets, which call back per message). Never
+ * touches SQL itself: Journal, TopicAccess and TopicHub do.
  */
 import { create } from "@bufbuild/protobuf"
-import { Cause, Clock, Deferred, Duration, Effect, Fiber, FiberHandle, FiberMap, Metric, Ref, Result } from "effect"
+import { Cause, Clock, type Context, Duration, Effect, Fiber, Metric, Ref, Result } from "effect"
+import type { SqlError } from "effect/sql/SqlError"
 import { randomUUID } from "node:crypto"
 import {
   type ClientFrame,
@@ -37,8 +47,7 @@ import {
   goodbyeFrame,
   type Subprotocol
 } from "../domain/Protocol.ts"
-import type { KhalaSettings } from "../layers/Config.ts"
-import type { SqlError } from "effect/sql/SqlError"
+import { KhalaConfig, type KhalaSettings } from "../layers/Config.ts"
 import { Journal, type StoredEntry } from "./Journal.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import {
@@ -50,13 +59,13 @@ import {
   subscriptionsGauge
 } from "./Metrics.ts"
 import { Outbound } from "./Outbound.ts"
+import { Timers, type TimerEntry } from "./Timers.ts"
 import type { Subscriber } from "./TopicActor.ts"
 import { TopicAccess } from "./TopicAccess.ts"
 import { type TopicLease, TopicHub } from "./TopicHub.ts"
 import { TokenVerifier, type VerifiedToken } from "./TokenVerifier.ts"
-import { KhalaConfig } from "../layers/Config.ts"
 
-/** The socket as the connection sees it. */
+/** The socket as the connection sees it (pulled: `runConnection` reads it in a loop). */
 export interface SocketPort {
   readonly subprotocol: Subprotocol
   /** Next batch of client messages; fails when the socket closed. */
@@ -74,10 +83,51 @@ export interface SocketPort {
   readonly destroy: () => void
 }
 
+/** A socket that calls back per client message (`startConnection`): nothing waits on it while idle. */
+export interface PushSocketPort extends Omit<SocketPort, "pull"> {
+  /** Starts delivery: `message` for every client message, in order; `closed` once the peer is gone. */
+  readonly listen: (handlers: { readonly message: (data: Uint8Array | string) => void; readonly closed: () => void }) => void
+  /** Stops reading from the socket (too much unhandled input); `resume` reads again. */
+  readonly pause: () => void
+  readonly resume: () => void
+}
+
+/** What every connection of a node shares: services, and the context its fibers run in. */
+export interface ConnectionDeps {
+  readonly config: KhalaSettings
+  readonly verifier: TokenVerifier["Service"]
+  readonly access: TopicAccess["Service"]
+  readonly journal: Journal["Service"]
+  readonly hub: TopicHub["Service"]
+  readonly lifecycle: Lifecycle["Service"]
+  readonly timers: Timers
+  readonly context: Context.Context<never>
+}
+
+/** Reads the connection dependencies from the current context (build it once per node). */
+export const connectionDeps: Effect.Effect<
+  ConnectionDeps,
+  never,
+  KhalaConfig | TokenVerifier | TopicAccess | Journal | TopicHub | Lifecycle
+> = Effect.gen(function*() {
+  return {
+    config: yield* KhalaConfig,
+    verifier: yield* TokenVerifier,
+    access: yield* TopicAccess,
+    journal: yield* Journal,
+    hub: yield* TopicHub,
+    lifecycle: yield* Lifecycle,
+    timers: yield* Timers.forClock,
+    context: yield* Effect.context<never>()
+  }
+})
+
 const REPLAY_BATCH = 2000
 const MAX_ITEMS_PER_FRAME = 512
 /** Over-limit frames in one second beyond which rate limiting becomes fatal. */
 const RATE_ABUSE_FACTOR = 2
+/** Unhandled client input (bytes) at which a push socket is paused, and resumed below half. */
+const INBOUND_HIGH_WATER = 64 * 1024
 
 const frameOf = (frame: ServerFrame["frame"]) => create(ServerFrameSchema, { frame })
 
@@ -86,504 +136,717 @@ const trimReason = (s: string) => {
   return buf.byteLength <= 120 ? s : buf.subarray(0, 120).toString("utf8").replace(/\uFFFD$/, "")
 }
 
-interface Subscription {
+const sizeOf = (data: Uint8Array | string) => (typeof data === "string" ? data.length : data.byteLength)
+
+/** One subscription; it is also what the topic actor delivers to. */
+class Subscription implements Subscriber {
+  readonly conn: Connection
   readonly topic: string
-  readonly lease: TopicLease
-  readonly subscriber: Subscriber
-  /** Stops this subscription's subscriber from queuing anything (a Join may still be in flight). */
-  readonly deactivate: () => void
+  lease!: TopicLease
+  /** False once unsubscribed: the subscriber queues nothing more (a Join may still be in flight). */
+  active = true
+
+  constructor(conn: Connection, topic: string) {
+    this.conn = conn
+    this.topic = topic
+  }
+
+  get connectionId(): string {
+    return this.conn.connectionId
+  }
+
+  get subprotocol(): Subprotocol {
+    return this.conn.subprotocol
+  }
+
+  offer(frame: EncodedFrame, bytes: number): boolean {
+    if (!this.active) return true // unsubscribed: drop silently (the actor will get our Leave)
+    if (this.conn.outbound.offer(frame, bytes)) return true
+    this.conn.slowConsumer()
+    return false
+  }
+
+  onEpochChanged(topic: string): void {
+    // Called from the actor fiber: drop the subscription and tell the client asynchronously.
+    if (!this.active || this.conn.subscriptions.get(topic) !== this) return
+    this.conn.fork(this.conn.dropForEpoch(topic))
+  }
 }
 
-/** Serves one connection until it closes. Never fails. */
-export const runConnection = (port: SocketPort) =>
-  Effect.gen(function*() {
-    const config: KhalaSettings = yield* KhalaConfig
-    const verifier = yield* TokenVerifier
-    const access = yield* TopicAccess
-    const journal = yield* Journal
-    const hub = yield* TopicHub
-    const lifecycle = yield* Lifecycle
+type Phase = "hello" | "open" | "ended"
 
-    const connectionId = randomUUID()
-    const subprotocol = port.subprotocol
-    const encode = (frame: ServerFrame) => encodeServerFrame(subprotocol, frame)
-    const outbound = new Outbound(
-      { maxBytes: config.outboundQueueMaxBytes, maxFrames: config.outboundQueueMaxFrames },
-      port.bufferedBytes,
+class Connection {
+  readonly deps: ConnectionDeps
+  readonly port: SocketPort | PushSocketPort
+  readonly subprotocol: Subprotocol
+  readonly connectionId = randomUUID()
+  readonly outbound: Outbound
+  readonly subscriptions = new Map<string, Subscription>()
+  phase: Phase = "hello"
+  principal: (Principal & { readonly token: VerifiedToken }) | undefined
+  expiresAtMs = 0
+  nextHeartbeatAt = 0
+  timer: TimerEntry | undefined
+  replays: Map<string, Fiber.Fiber<unknown, unknown>> | undefined
+  /** The fiber handling client frames right now (the pull loop, or a push drain). */
+  worker: Fiber.Fiber<unknown, unknown> | undefined
+  working = false
+  inbound: Array<Uint8Array | string> | undefined
+  inboundBytes = 0
+  paused = false
+  writer: Fiber.Fiber<unknown, unknown> | undefined
+  windowStart = 0
+  windowCount = 0
+  stopDrain: (() => void) | undefined
+  /** Runs last when the connection is over (release the socket, wake the caller). */
+  onEnded: Effect.Effect<void> | undefined
+  readonly onTimerFn = (now: number) => this.onTimer(now)
+
+  constructor(deps: ConnectionDeps, port: SocketPort | PushSocketPort) {
+    this.deps = deps
+    this.port = port
+    this.subprotocol = port.subprotocol
+    this.outbound = new Outbound(
+      { maxBytes: deps.config.outboundQueueMaxBytes, maxFrames: deps.config.outboundQueueMaxFrames },
+      () => port.bufferedBytes(),
       port.awaitDrain,
-      port.writeNow
+      port.writeNow === undefined ? undefined : (frame) => port.writeNow!(frame)
     )
-    /** Completed with the reason the connection must end (fatal error). */
-    /** Completed once: with the fatal error to send, or `undefined` when the client went away. */
-    const fatal = yield* Deferred.make<ProtocolError | undefined>()
-    const end = (e: ProtocolError) => Deferred.succeed(fatal, e).pipe(Effect.asVoid)
-    const endUnsafe = (e: ProtocolError) => {
-      Deferred.doneUnsafe(fatal, Effect.succeed(e))
-    }
-    const slowConsumer = () =>
-      endUnsafe(protocolError("slow_consumer", "outbound queue over its bound; resume from your last applied seq"))
+    this.outbound.onDemand(() => this.startWriter())
+  }
 
-    /** Request-scoped frames: offered like updates, so an unread socket is still bounded. */
-    const sendControl = (frame: ServerFrame) =>
-      Effect.sync(() => {
-        if (!outbound.offer(encode(frame))) slowConsumer()
-      })
-    const sendError = (e: ProtocolError) => sendControl(errorFrame(e))
+  fork<A, E>(effect: Effect.Effect<A, E>): Fiber.Fiber<A, E> {
+    return Effect.runForkWith(this.deps.context)(effect)
+  }
 
-    // ---- writer: drains the outbound queue into the socket, watching its buffer
-    const writer = Effect.gen(function*() {
+  encode(frame: ServerFrame): EncodedFrame {
+    return encodeServerFrame(this.subprotocol, frame)
+  }
+
+  /** Request-scoped frames: offered like updates, so an unread socket is still bounded. */
+  control(frame: ServerFrame): void {
+    if (!this.outbound.offer(this.encode(frame))) this.slowConsumer()
+  }
+
+  sendControl(frame: ServerFrame): Effect.Effect<void> {
+    return Effect.sync(() => this.control(frame))
+  }
+
+  sendError(e: ProtocolError): Effect.Effect<void> {
+    return this.sendControl(errorFrame(e))
+  }
+
+  slowConsumer(): void {
+    this.end(protocolError("slow_consumer", "outbound queue over its bound; resume from your last applied seq"))
+  }
+
+  endEffect(e: ProtocolError): Effect.Effect<void> {
+    return Effect.sync(() => this.end(e))
+  }
+
+  // ---- lifecycle
+
+  /** Registers the connection (count, drain, auth deadline). */
+  open(): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      yield* Ref.update(this.deps.lifecycle.connections, (n) => n + 1)
+      yield* Metric.modify(connectionsGauge, 1)
+      const timers = this.deps.timers
+      this.timer = timers.schedule(timers.now() + this.deps.config.authTimeoutMs, this.onTimerFn)
+      this.stopDrain = this.deps.lifecycle.onDrain(() =>
+        this.end(protocolError("server_draining", "this node is draining; reconnect to another", { retryAfterMs: 0 }))
+      )
+    })
+  }
+
+  /**
+   * Ends the connection once (later calls are ignored): with the fatal error to send, or
+   * `undefined` when the client went away. The close protocol runs in a fiber of its own.
+   */
+  end(reason: ProtocolError | undefined): void {
+    if (this.phase === "ended") return
+    this.phase = "ended"
+    // Not nested in the caller's step (an actor's delivery loop, the timer fiber): it yields first.
+    this.fork(Effect.andThen(Effect.yieldNow, this.shutdown(reason)))
+  }
+
+  private release(evicted: boolean): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      this.deps.timers.cancel(this.timer)
+      this.timer = undefined
+      this.stopDrain?.()
+      this.stopDrain = undefined
+      const worker = this.worker
+      if (worker !== undefined) yield* Fiber.interrupt(worker)
+      for (const topic of [...this.subscriptions.keys()]) yield* this.removeSubscription(topic, evicted)
+    })
+  }
+
+  private shutdown(reason: ProtocolError | undefined): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      yield* this.release(reason?.code === "slow_consumer")
+      if (reason !== undefined) {
+        if (reason.code === "slow_consumer") yield* Metric.update(slowConsumerEvictions, 1)
+        this.outbound.force(this.encode(goodbyeFrame(reason)))
+        this.outbound.close()
+        // Flush what is queued (Goodbye last), then close; a peer that does not read is dropped.
+        const flushed = yield* this.outbound.awaitIdle.pipe(
+          Effect.timeoutOption(Duration.millis(reason.code === "slow_consumer" ? 250 : 2000)),
+          Effect.map((o) => o._tag === "Some")
+        )
+        if (flushed && reason.code !== "slow_consumer") yield* this.port.close(reason.closeCode, trimReason(reason.message))
+        else {
+          yield* this.port.close(reason.closeCode, trimReason(reason.message))
+          yield* Effect.sleep(Duration.millis(100))
+          this.port.destroy()
+        }
+      } else {
+        this.outbound.close()
+      }
+      const writer = this.writer
+      if (writer !== undefined) yield* Fiber.interrupt(writer)
+    }).pipe(Effect.ensuring(this.finish()))
+  }
+
+  private finish(): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      yield* Ref.update(this.deps.lifecycle.connections, (n) => n - 1)
+      yield* Metric.modify(connectionsGauge, -1)
+      if (this.onEnded !== undefined) yield* this.onEnded
+    })
+  }
+
+  /**
+   * The server is going away under a live connection (shutdown, or the caller was interrupted):
+   * best-effort Goodbye{server_draining} and close, leases released.
+   */
+  abort(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.phase === "ended") return Effect.void // the close protocol is already running
+      this.phase = "ended"
+      const e = protocolError("server_draining", "the server is shutting down; reconnect", { retryAfterMs: 0 })
+      this.fork(
+        this.port.write([this.encode(goodbyeFrame(e))]).pipe(
+          Effect.andThen(this.port.close(e.closeCode, trimReason(e.message))),
+          Effect.ignore
+        )
+      )
+      return this.release(false).pipe(
+        Effect.andThen(Effect.sync(() => this.outbound.close())),
+        Effect.andThen(Effect.suspend(() => (this.writer === undefined ? Effect.void : Fiber.interrupt(this.writer)))),
+        Effect.ensuring(this.finish())
+      )
+    })
+  }
+
+  // ---- writer: exists only while the outbound queue has a backlog
+
+  private startWriter(): void {
+    const fiber = this.fork(this.writeBacklog())
+    // It may have finished synchronously (the socket took everything at once).
+    if (this.outbound.writerActive) this.writer = fiber
+  }
+
+  private writeBacklog(): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      const outbound = this.outbound
       while (true) {
-        const batch = yield* outbound.takeAll
+        const batch = outbound.takeNow()
         if (batch === undefined) return
-        yield* port.write(batch.frames)
+        yield* this.port.write(batch.frames)
         deliveredTally.frames += batch.frames.length
         deliveredTally.bytes += batch.bytes
         if (outbound.isOverSoftBound) {
-          const drained = yield* port.awaitDrain.pipe(
-            Effect.timeoutOption(Duration.millis(config.slowConsumerGraceMs)),
+          const drained = yield* this.port.awaitDrain.pipe(
+            Effect.timeoutOption(Duration.millis(this.deps.config.slowConsumerGraceMs)),
             Effect.map((o) => o._tag === "Some")
           )
-          if (!drained && outbound.isOverSoftBound) slowConsumer()
+          if (!drained && outbound.isOverSoftBound) this.slowConsumer()
         } else if (outbound.hasSpaceWaiters) {
           // A replay waits for room: let the socket drain (the client paces the replay).
-          yield* port.awaitDrain
+          yield* this.port.awaitDrain
         }
         outbound.notifySpace()
       }
-    })
-
-    // ---- state
-    let principal: (Principal & { readonly token: VerifiedToken }) | undefined
-    const expiresAt = yield* Ref.make(0)
-    const subscriptions = new Map<string, Subscription>()
-    const replays = yield* FiberMap.make<string>()
-    /** The heartbeat + token-expiry timer; restarted by every refresh (the deadline may move either way). */
-    const timerFiber = yield* FiberHandle.make<void>()
-    // Runs however the connection ends (an abrupt TCP close interrupts this fiber): release every
-    // topic lease so actors stop delivering here and can retire.
-    yield* Effect.addFinalizer(() =>
-      Effect.gen(function*() {
-        outbound.close()
-        for (const topic of [...subscriptions.keys()]) yield* removeSubscription(topic)
-      })
+    }).pipe(
+      // A socket that cannot be written to is gone.
+      Effect.catchCause((cause) =>
+        Cause.hasInterruptsOnly(cause) ? Effect.void : Effect.sync(() => this.end(undefined))
+      ),
+      Effect.ensuring(Effect.sync(() => {
+        this.writer = undefined
+      }))
     )
+  }
 
-    /**
-     * Ends a subscription. `fromReplay`: called by the subscription's own replay fiber, which must
-     * not interrupt itself (FiberMap.remove would); it ends on its own right after.
-     */
-    const removeSubscription = (topic: string, evicted = false, fromReplay = false) =>
-      Effect.gen(function*() {
-        const sub = subscriptions.get(topic)
-        if (!sub) return false
-        sub.deactivate()
-        subscriptions.delete(topic)
-        if (!fromReplay) yield* FiberMap.remove(replays, topic)
-        yield* sub.lease.release(sub.subscriber, evicted)
-        yield* Metric.modify(subscriptionsGauge, -1)
-        return true
-      })
+  // ---- timers: the auth deadline, then heartbeats and token expiry (one heap entry)
 
-    const staleError = (topic: string, position: Position, message: string, requestId?: string) =>
-      protocolError("stale_cursor", message, {
-        topic,
-        floorSeq: BigInt(position.floorSeq),
-        headSeq: BigInt(position.headSeq),
-        ...(requestId === undefined ? {} : { requestId })
-      })
-
-    /** Replays (afterSeq, …] from the journal, then hands over to the actor. */
-    const replay = (sub: Subscription, afterSeq: number, position: Position, requestId: string) =>
-      Effect.gen(function*() {
-        const started = yield* Clock.currentTimeMillis
-        let last = afterSeq
-        let exhausted = last >= position.headSeq
-        let behind = false
-        const encoding = subprotocol === "khala.v1.proto" ? "pb" : "json"
-        const readPage = (after: number) => journal.read(sub.topic, after, REPLAY_BATCH, encoding)
-        let prefetched: { readonly after: number; readonly fiber: Fiber.Fiber<ReadonlyArray<StoredEntry>, SqlError> } | undefined
-        while (true) {
-          if (exhausted) {
-            const joined = yield* sub.lease.join(sub.subscriber, position.epoch, last, position.headSeq)
-            if (joined._tag === "Joined") {
-              const now = yield* Clock.currentTimeMillis
-              yield* Metric.update(replayDurationMs, now - started)
-              return
-            }
-            if (joined._tag === "EpochChanged") {
-              const current = yield* journal.position(sub.topic)
-              yield* removeSubscription(sub.topic, false, true)
-              return yield* sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
-            }
-            exhausted = false
-            behind = true
-          }
-          // The page after a full one is read while this one is being sent (`prefetched`).
-          const rows = prefetched && prefetched.after === last
-            ? yield* Fiber.join(prefetched.fiber)
-            : yield* readPage(last)
-          prefetched = undefined
-          if (rows.length === REPLAY_BATCH && rows[0]!.seq === last + 1) {
-            const after = rows[rows.length - 1]!.seq
-            prefetched = { after, fiber: yield* Effect.forkChild(readPage(after)) }
-          }
-          // The actor is ahead of `last` but the journal has nothing after it: entries were removed
-          // under us (never in normal operation); the cursor cannot be served.
-          const vanished = behind && rows.length === 0
-          behind = false
-          if (vanished || (rows.length > 0 && rows[0]!.seq !== last + 1)) {
-            // Retention compacted entries this replay still needed.
-            const current = yield* journal.position(sub.topic)
-            yield* removeSubscription(sub.topic, false, true)
-            return yield* sendError(staleError(sub.topic, current, "entries after after_seq were compacted", requestId))
-          }
-          for (
-            const frame of chunkUpdates(subprotocol, { topic: sub.topic, epoch: position.epoch, replay: true }, rows, {
-              maxItems: MAX_ITEMS_PER_FRAME,
-              maxFrameBytes: config.maxFrameBytes
-            })
-          ) {
-            if (!(yield* outbound.offerWait(frame))) return
-          }
-          if (rows.length > 0) last = rows[rows.length - 1]!.seq
-          exhausted = rows.length < REPLAY_BATCH
-        }
-      }).pipe(
-        Effect.catchTag("SqlError", (e) =>
-          Effect.logWarning(`replay of ${sub.topic} failed`, e).pipe(
-            Effect.andThen(end(protocolError("internal", "journal unavailable; resume from your last applied seq")))
-          ))
-      )
-
-    const makeSubscriber = () => {
-      let active = true
-      const subscriber: Subscriber = {
-        connectionId,
-        subprotocol,
-        offer: (frame, bytes) => {
-          if (!active) return true // unsubscribed: drop silently (the actor will get our Leave)
-          if (outbound.offer(frame, bytes)) return true
-          slowConsumer()
-          return false
-        },
-        onEpochChanged: (topic) => {
-          // Called from the actor fiber: drop the subscription and tell the client asynchronously.
-          if (!active || subscriptions.get(topic)?.subscriber !== subscriber) return
-          Effect.runFork(
-            Effect.gen(function*() {
-              if (!(yield* removeSubscription(topic))) return
-              const current = yield* journal.position(topic).pipe(
-                Effect.orElseSucceed((): Position => ({ epoch: "", floorSeq: 0, headSeq: 0 }))
-              )
-              yield* sendError(staleError(topic, current, "the journal epoch changed"))
-            }).pipe(Effect.ignore)
-          )
-        }
-      }
-      return { subscriber, deactivate: () => void (active = false) }
+  private onTimer(now: number): void {
+    this.timer = undefined
+    if (this.phase === "ended") return
+    if (this.phase === "hello") {
+      this.fork(Metric.update(Metric.withAttributes(authFailures, { code: "unauthenticated" }), 1))
+      return this.end(protocolError("unauthenticated", "no Hello within the auth timeout"))
     }
+    const config = this.deps.config
+    const expiresAtMs = this.expiresAtMs + config.clockSkewMs
+    if (now >= expiresAtMs) return this.end(protocolError("token_expired", "the token expired; reconnect with a new one"))
+    if (now >= this.nextHeartbeatAt) {
+      this.nextHeartbeatAt = now + config.heartbeatIntervalMs
+      this.control(frameOf({ case: "heartbeat", value: create(HeartbeatSchema, { serverTimeMs: BigInt(now) }) }))
+    }
+    this.timer = this.deps.timers.schedule(Math.min(expiresAtMs, this.nextHeartbeatAt), this.onTimerFn)
+  }
 
-    // ---- requests
-    const onSubscribe = (requestId: string, cursors: ClientFrame["frame"] & { case: "subscribe" }) =>
-      Effect.gen(function*() {
-        const p = principal!
-        const list = cursors.value.cursors
-        if (list.length === 0) {
-          return yield* sendError(protocolError("bad_request", "subscribe needs at least one cursor", { requestId }))
-        }
-        const accepted: Array<{ topic: string; afterSeq: number; position: Position }> = []
-        const seen = new Set<string>()
-        for (const cursor of list) {
-          const topic = cursor.topic
-          const fail = (e: ProtocolError) => sendError(e)
-          if (seen.has(topic) || subscriptions.has(topic)) {
-            yield* fail(protocolError("bad_request", `already subscribed to ${topic}`, { requestId, topic }))
-            continue
-          }
-          seen.add(topic)
-          if (subscriptions.size + accepted.length >= config.maxSubscriptions) {
-            yield* fail(protocolError("too_many_subscriptions", `at most ${config.maxSubscriptions} subscriptions per connection`, {
-              requestId,
-              topic
-            }))
-            continue
-          }
-          const authorized = yield* Effect.result(access.authorize(p, topic))
-          if (Result.isFailure(authorized)) {
-            const e = authorized.failure
-            if (e._tag !== "TopicDenied") {
-              return yield* end(protocolError("internal", "authorization unavailable; reconnect and resume"))
-            }
-            yield* fail(protocolError(e.reason, e.message, { requestId, topic }))
-            continue
-          }
-          const position = yield* journal.position(topic)
-          // Compare as uint64 first: any after_seq beyond 2^53 is ahead of every head.
-          if (cursor.afterSeq > BigInt(position.headSeq)) {
-            yield* fail(staleError(topic, position, "after_seq is ahead of the topic head", requestId))
-            continue
-          }
-          const afterSeq = Number(cursor.afterSeq)
-          const check = checkCursor(afterSeq, cursor.epoch, position)
-          if (check._tag === "Stale") {
-            yield* fail(staleError(topic, position, check.reason, requestId))
-            continue
-          }
-          accepted.push({ topic, afterSeq, position })
-        }
-        if (accepted.length === 0) return
-        const leases: Array<Subscription> = []
-        // Uninterruptible: a lease acquired is always registered, so it is always released.
-        yield* Effect.uninterruptible(Effect.gen(function*() {
-          for (const a of accepted) {
-            const lease = yield* hub.acquire(a.topic)
-            const sub: Subscription = { topic: a.topic, lease, ...makeSubscriber() }
-            subscriptions.set(a.topic, sub)
-            leases.push(sub)
-            yield* Metric.modify(subscriptionsGauge, 1)
-          }
-        }))
-        yield* sendControl(frameOf({
-          case: "subscribed",
-          value: create(SubscribedSchema, {
-            requestId,
-            topics: accepted.map((a) =>
-              create(TopicPositionSchema, {
-                topic: a.topic,
-                epoch: a.position.epoch,
-                floorSeq: BigInt(a.position.floorSeq),
-                headSeq: BigInt(a.position.headSeq)
-              })
-            )
-          })
-        }))
-        for (const [i, sub] of leases.entries()) {
-          const a = accepted[i]!
-          yield* FiberMap.run(replays, a.topic, replay(sub, a.afterSeq, a.position, requestId))
-        }
-      }).pipe(
-        Effect.catchTag("SqlError", () =>
-          end(protocolError("internal", "journal unavailable; reconnect and resume", { retryable: true })))
-      )
+  /** Re-evaluates the deadlines now (after Hello or a refresh: the expiry may move either way). */
+  private rearm(): void {
+    this.deps.timers.cancel(this.timer)
+    this.onTimer(this.deps.timers.now())
+  }
 
-    const onUnsubscribe = (requestId: string, topics: ReadonlyArray<string>) =>
-      Effect.gen(function*() {
-        for (const topic of topics) yield* removeSubscription(topic)
-        yield* sendControl(frameOf({ case: "unsubscribed", value: create(UnsubscribedSchema, { requestId, topics: [...topics] }) }))
-      })
+  // ---- client input
 
-    const verify = (token: string) =>
-      verifier.verify(token).pipe(
-        Effect.tapError((e) => Metric.update(Metric.withAttributes(authFailures, { code: e.reason }), 1)),
-        Effect.mapError((e) => protocolError(e.reason, e.message))
-      )
+  /** Push sockets: one client message; handled in order by a fiber that exists while input waits. */
+  receive(data: Uint8Array | string): void {
+    if (this.phase === "ended") return
+    ;(this.inbound ??= []).push(data)
+    this.inboundBytes += sizeOf(data)
+    if (!this.paused && this.inboundBytes >= INBOUND_HIGH_WATER) {
+      this.paused = true
+      ;(this.port as PushSocketPort).pause()
+    }
+    if (this.working) return
+    this.working = true
+    const fiber = this.fork(this.drainInbound())
+    if (this.working) this.worker = fiber
+  }
 
-    const onRefresh = (token: string) =>
-      Effect.gen(function*() {
-        const verified = yield* Effect.result(verify(token))
-        if (Result.isFailure(verified)) return yield* end(protocolError("unauthenticated", verified.failure.message))
-        const t = verified.success
-        if (t.userId !== principal!.userId) {
-          return yield* end(protocolError("unauthenticated", "a refreshed token must be for the same user"))
+  private drainInbound(): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      while (this.phase !== "ended") {
+        const inbound = this.inbound
+        if (inbound === undefined || inbound.length === 0) return
+        const data = inbound.shift()!
+        this.inboundBytes -= sizeOf(data)
+        if (this.paused && this.inboundBytes < INBOUND_HIGH_WATER / 2) {
+          this.paused = false
+          ;(this.port as PushSocketPort).resume()
         }
-        principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
-        yield* Ref.set(expiresAt, t.expiresAtMs)
-        yield* FiberHandle.run(timerFiber, timers)
-        yield* sendControl(frameOf({
-          case: "tokenRefreshed",
-          value: create(TokenRefreshedSchema, { tokenExpiresAtMs: BigInt(t.expiresAtMs) })
-        }))
-        // Scopes may have shrunk: re-check every subscription.
-        for (const topic of [...subscriptions.keys()]) {
-          const ok = yield* Effect.result(access.authorize(principal, topic))
-          if (Result.isFailure(ok) && ok.failure._tag === "TopicDenied") {
-            yield* removeSubscription(topic)
-            yield* sendError(protocolError("forbidden_topic", `the refreshed token may not read ${topic}`, { topic }))
-          }
-        }
-      })
-
-    // ---- rate limit: a one-second window of maxClientFramesPerS frames
-    let windowStart = 0
-    let windowCount = 0
-    const admit = Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      if (now - windowStart >= 1000) {
-        windowStart = now
-        windowCount = 0
+        yield* this.handle(data)
       }
-      windowCount++
-      if (windowCount <= config.maxClientFramesPerS) return true
-      const e = protocolError("rate_limited", `more than ${config.maxClientFramesPerS} frames per second`, {
-        retryAfterMs: Math.max(1, 1000 - (now - windowStart))
-      })
-      if (windowCount > config.maxClientFramesPerS * RATE_ABUSE_FACTOR) {
-        yield* end(e)
-      } else if (windowCount === config.maxClientFramesPerS + 1) {
-        yield* sendError(e)
-      }
-      return false
-    })
+    }).pipe(
+      (eff) => this.guard(eff),
+      Effect.ensuring(Effect.sync(() => {
+        this.working = false
+        this.worker = undefined
+        if (this.inbound?.length === 0) this.inbound = undefined
+      }))
+    )
+  }
 
-    const handleFrame = (data: Uint8Array | string) =>
-      Effect.gen(function*() {
-        if (!(yield* admit)) return
-        const decoded = decodeClientFrame(subprotocol, data, config.maxFrameBytes)
-        if (Result.isFailure(decoded)) return yield* sendError(decoded.failure)
-        const frame = decoded.success.frame
-        switch (frame.case) {
-          case "hello":
-            return yield* sendError(protocolError("bad_request", "already authenticated"))
-          case "subscribe":
-            return yield* onSubscribe(frame.value.requestId, frame)
-          case "unsubscribe":
-            return yield* onUnsubscribe(frame.value.requestId, frame.value.topics)
-          case "refreshToken":
-            return yield* onRefresh(frame.value.token)
-          case "ping":
-            return yield* sendControl(frameOf({ case: "pong", value: create(PongSchema, { nonce: frame.value.nonce }) }))
+  /** Pull sockets: the caller's loop; a failed pull is the client going away. */
+  pullLoop(port: SocketPort): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      while (this.phase !== "ended") {
+        const batch = yield* port.pull
+        for (const data of batch) {
+          if ((this.phase as Phase) === "ended") return
+          yield* this.handle(data)
         }
-      })
+      }
+    }).pipe(
+      (eff) => this.guard(eff),
+      Effect.andThen(Effect.sync(() => this.end(undefined)))
+    )
+  }
 
-    // ---- lifecycle fibers
-    const awaitHello = Effect.gen(function*() {
-      const batch = yield* port.pull
-      const first = batch[0]!
-      const decoded = decodeClientFrame(subprotocol, first, config.maxFrameBytes)
+  /** A defect is ours: tell the client (internal). A failure is the socket going away. */
+  guard<A, E>(self: Effect.Effect<A, E>): Effect.Effect<void> {
+    return self.pipe(
+      Effect.asVoid,
+      Effect.catchCause((cause) =>
+        Cause.hasDies(cause)
+          ? Effect.logError("connection failed", cause).pipe(
+            Effect.andThen(this.endEffect(protocolError("internal", "internal error; reconnect and resume")))
+          )
+          : Effect.void
+      )
+    )
+  }
+
+  private handle(data: Uint8Array | string): Effect.Effect<void> {
+    if (this.phase === "hello") return this.onHello(data)
+    if (this.phase !== "open") return Effect.void
+    return this.handleFrame(data)
+  }
+
+  private verify(token: string) {
+    return this.deps.verifier.verify(token).pipe(
+      Effect.tapError((e) => Metric.update(Metric.withAttributes(authFailures, { code: e.reason }), 1)),
+      Effect.mapError((e) => protocolError(e.reason, e.message))
+    )
+  }
+
+  private onHello(data: Uint8Array | string): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      const config = this.deps.config
+      const decoded = decodeClientFrame(this.subprotocol, data, config.maxFrameBytes)
       if (Result.isFailure(decoded) || decoded.success.frame.case !== "hello") {
-        return { _tag: "Fatal" as const, error: protocolError("unauthenticated", "the first frame must be a valid Hello") }
+        return this.end(protocolError("unauthenticated", "the first frame must be a valid Hello"))
       }
-      const verified = yield* Effect.result(verify(decoded.success.frame.value.token))
-      if (Result.isFailure(verified)) return { _tag: "Fatal" as const, error: verified.failure }
-      return { _tag: "Hello" as const, token: verified.success, rest: batch.slice(1) }
-    })
-
-    /**
-     * One timer fiber per connection for both heartbeats and token expiry (a fiber per timer would
-     * cost memory on every idle connection). Restarted by a refresh; the heartbeat phase survives.
-     */
-    let nextHeartbeatAt = 0
-    const timers = Effect.gen(function*() {
-      while (true) {
-        const now = yield* Clock.currentTimeMillis
-        const expiresAtMs = (yield* Ref.get(expiresAt)) + config.clockSkewMs
-        if (now >= expiresAtMs) return yield* end(protocolError("token_expired", "the token expired; reconnect with a new one"))
-        if (now >= nextHeartbeatAt) {
-          nextHeartbeatAt = now + config.heartbeatIntervalMs
-          yield* sendControl(frameOf({ case: "heartbeat", value: create(HeartbeatSchema, { serverTimeMs: BigInt(now) }) }))
-        }
-        yield* Effect.sleep(Duration.millis(Math.min(expiresAtMs, nextHeartbeatAt) - now))
-      }
-    })
-
-    const readLoop = (pending: ReadonlyArray<Uint8Array | string>) =>
-      Effect.gen(function*() {
-        for (const f of pending) yield* handleFrame(f)
-        while (true) {
-          const batch = yield* port.pull
-          for (const f of batch) yield* handleFrame(f)
-        }
-      })
-
-    // ---- the connection
-    const session = Effect.gen(function*() {
-      const hello = yield* awaitHello.pipe(
-        Effect.timeoutOption(Duration.millis(config.authTimeoutMs)),
-        Effect.map((o) =>
-          o._tag === "Some"
-            ? o.value
-            : { _tag: "Fatal" as const, error: protocolError("unauthenticated", "no Hello within the auth timeout") }
-        )
-      )
-      if (hello._tag === "Fatal") {
-        if (hello.error.code === "unauthenticated" && hello.error.message.startsWith("no Hello")) {
-          yield* Metric.update(Metric.withAttributes(authFailures, { code: "unauthenticated" }), 1)
-        }
-        return yield* end(hello.error)
-      }
-      const t = hello.token
-      principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
-      yield* Ref.set(expiresAt, t.expiresAtMs)
+      const verified = yield* Effect.result(this.verify(decoded.success.frame.value.token))
+      if (this.phase !== "hello") return // the auth deadline passed meanwhile
+      if (Result.isFailure(verified)) return this.end(verified.failure)
+      const t = verified.success
+      this.principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
+      this.expiresAtMs = t.expiresAtMs
+      this.phase = "open"
       const now = yield* Clock.currentTimeMillis
-      yield* sendControl(frameOf({
+      this.control(frameOf({
         case: "welcome",
         value: create(WelcomeSchema, {
-          connectionId,
+          connectionId: this.connectionId,
           serverTimeMs: BigInt(now),
           heartbeatIntervalMs: BigInt(config.heartbeatIntervalMs),
           maxFrameBytes: BigInt(config.maxFrameBytes),
           tokenExpiresAtMs: BigInt(t.expiresAtMs)
         })
       }))
-      nextHeartbeatAt = now + config.heartbeatIntervalMs
-      yield* FiberHandle.run(timerFiber, timers)
-      yield* readLoop(hello.rest)
+      this.nextHeartbeatAt = now + config.heartbeatIntervalMs
+      this.rearm()
     })
+  }
 
-    yield* Ref.update(lifecycle.connections, (n) => n + 1)
-    yield* Metric.modify(connectionsGauge, 1)
-    const writerFiber = yield* Effect.forkChild(writer)
-    const onDrain = () =>
-      endUnsafe(protocolError("server_draining", "this node is draining; reconnect to another", { retryAfterMs: 0 }))
-    // Unregistered by the scope however the connection ends (an abrupt close interrupts us).
-    yield* Effect.acquireRelease(Effect.sync(() => lifecycle.onDrain(onDrain)), (stop) => Effect.sync(stop))
-    // The session ends when the client goes away (pull fails) or a fatal reason is set.
-    const sessionFiber = yield* Effect.forkChild(
-      session.pipe(
-        Effect.catchCause((cause) =>
-          // A failed pull is the client going away; a defect is ours: tell the client (internal).
-          Cause.hasDies(cause)
-            ? Effect.logError("connection failed", cause).pipe(
-              Effect.andThen(end(protocolError("internal", "internal error; reconnect and resume")))
-            )
-            : Effect.void
-        ),
-        Effect.andThen(Deferred.succeed(fatal, undefined))
+  // ---- rate limit: a one-second window of maxClientFramesPerS frames
+  private admit(): Effect.Effect<boolean> {
+    return Effect.gen({ self: this }, function*() {
+      const config = this.deps.config
+      const now = yield* Clock.currentTimeMillis
+      if (now - this.windowStart >= 1000) {
+        this.windowStart = now
+        this.windowCount = 0
+      }
+      this.windowCount++
+      if (this.windowCount <= config.maxClientFramesPerS) return true
+      const e = protocolError("rate_limited", `more than ${config.maxClientFramesPerS} frames per second`, {
+        retryAfterMs: Math.max(1, 1000 - (now - this.windowStart))
+      })
+      if (this.windowCount > config.maxClientFramesPerS * RATE_ABUSE_FACTOR) {
+        this.end(e)
+      } else if (this.windowCount === config.maxClientFramesPerS + 1) {
+        yield* this.sendError(e)
+      }
+      return false
+    })
+  }
+
+  private handleFrame(data: Uint8Array | string): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      if (!(yield* this.admit())) return
+      const decoded = decodeClientFrame(this.subprotocol, data, this.deps.config.maxFrameBytes)
+      if (Result.isFailure(decoded)) return yield* this.sendError(decoded.failure)
+      const frame = decoded.success.frame
+      switch (frame.case) {
+        case "hello":
+          return yield* this.sendError(protocolError("bad_request", "already authenticated"))
+        case "subscribe":
+          return yield* this.onSubscribe(frame.value.requestId, frame)
+        case "unsubscribe":
+          return yield* this.onUnsubscribe(frame.value.requestId, frame.value.topics)
+        case "refreshToken":
+          return yield* this.onRefresh(frame.value.token)
+        case "ping":
+          return yield* this.sendControl(frameOf({ case: "pong", value: create(PongSchema, { nonce: frame.value.nonce }) }))
+      }
+    })
+  }
+
+  // ---- subscriptions
+
+  /**
+   * Ends a subscription. `fromReplay`: called by the subscription's own replay fiber, which must
+   * not interrupt itself; it ends on its own right after.
+   */
+  removeSubscription(topic: string, evicted = false, fromReplay = false): Effect.Effect<boolean> {
+    return Effect.gen({ self: this }, function*() {
+      const sub = this.subscriptions.get(topic)
+      if (!sub) return false
+      sub.active = false
+      this.subscriptions.delete(topic)
+      const replay = this.replays?.get(topic)
+      if (replay !== undefined) {
+        this.replays!.delete(topic)
+        if (!fromReplay) yield* Fiber.interrupt(replay)
+      }
+      yield* sub.lease.release(sub, evicted)
+      yield* Metric.modify(subscriptionsGauge, -1)
+      return true
+    })
+  }
+
+  dropForEpoch(topic: string): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      if (!(yield* this.removeSubscription(topic))) return
+      const current = yield* this.deps.journal.position(topic).pipe(
+        Effect.orElseSucceed((): Position => ({ epoch: "", floorSeq: 0, headSeq: 0 }))
+      )
+      yield* this.sendError(staleError(topic, current, "the journal epoch changed"))
+    }).pipe(Effect.ignore)
+  }
+
+  private startReplay(sub: Subscription, afterSeq: number, position: Position, requestId: string) {
+    const replays = (this.replays ??= new Map())
+    const fiber = this.fork(
+      this.replay(sub, afterSeq, position, requestId).pipe(
+        Effect.ensuring(Effect.sync(() => {
+          if (replays.get(sub.topic) === fiber) replays.delete(sub.topic)
+          if (replays.size === 0 && this.replays === replays) this.replays = undefined
+        }))
       )
     )
-    const reason = yield* Deferred.await(fatal)
-    yield* Fiber.interrupt(sessionFiber)
-    for (const topic of [...subscriptions.keys()]) yield* removeSubscription(topic, reason?.code === "slow_consumer")
-    if (reason !== undefined) {
-      if (reason.code === "slow_consumer") yield* Metric.update(slowConsumerEvictions, 1)
-      outbound.force(encode(goodbyeFrame(reason)))
-      outbound.close()
-      // Flush what is queued (Goodbye last), then close; a peer that does not read is dropped.
-      const flushed = yield* Fiber.join(writerFiber).pipe(
-        Effect.timeoutOption(Duration.millis(reason.code === "slow_consumer" ? 250 : 2000)),
-        Effect.map((o) => o._tag === "Some"),
-        Effect.orElseSucceed(() => false)
-      )
-      if (flushed && reason.code !== "slow_consumer") yield* port.close(reason.closeCode, trimReason(reason.message))
-      else {
-        yield* port.close(reason.closeCode, trimReason(reason.message))
-        yield* Effect.sleep(Duration.millis(100))
-        port.destroy()
+    if (fiber.pollUnsafe() === undefined) replays.set(sub.topic, fiber)
+  }
+
+  /** Replays (afterSeq, …] from the journal, then hands over to the actor. */
+  private replay(sub: Subscription, afterSeq: number, position: Position, requestId: string): Effect.Effect<void> {
+    const self = this
+    const { journal, config } = this.deps
+    const subprotocol = this.subprotocol
+    return Effect.gen(function*() {
+      const started = yield* Clock.currentTimeMillis
+      let last = afterSeq
+      let exhausted = last >= position.headSeq
+      let behind = false
+      const encoding = subprotocol === "khala.v1.proto" ? "pb" : "json"
+      const readPage = (after: number) => journal.read(sub.topic, after, REPLAY_BATCH, encoding)
+      let prefetched: { readonly after: number; readonly fiber: Fiber.Fiber<ReadonlyArray<StoredEntry>, SqlError> } | undefined
+      while (true) {
+        if (exhausted) {
+          const joined = yield* sub.lease.join(sub, position.epoch, last, position.headSeq)
+          if (joined._tag === "Joined") {
+            const now = yield* Clock.currentTimeMillis
+            yield* Metric.update(replayDurationMs, now - started)
+            return
+          }
+          if (joined._tag === "EpochChanged") {
+            const current = yield* journal.position(sub.topic)
+            yield* self.removeSubscription(sub.topic, false, true)
+            return yield* self.sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
+          }
+          exhausted = false
+          behind = true
+        }
+        // The page after a full one is read while this one is being sent (`prefetched`).
+        const rows = prefetched && prefetched.after === last
+          ? yield* Fiber.join(prefetched.fiber)
+          : yield* readPage(last)
+        prefetched = undefined
+        if (rows.length === REPLAY_BATCH && rows[0]!.seq === last + 1) {
+          const after = rows[rows.length - 1]!.seq
+          prefetched = { after, fiber: yield* Effect.forkChild(readPage(after)) }
+        }
+        // The actor is ahead of `last` but the journal has nothing after it: entries were removed
+        // under us (never in normal operation); the cursor cannot be served.
+        const vanished = behind && rows.length === 0
+        behind = false
+        if (vanished || (rows.length > 0 && rows[0]!.seq !== last + 1)) {
+          // Retention compacted entries this replay still needed.
+          const current = yield* journal.position(sub.topic)
+          yield* self.removeSubscription(sub.topic, false, true)
+          return yield* self.sendError(staleError(sub.topic, current, "entries after after_seq were compacted", requestId))
+        }
+        for (
+          const frame of chunkUpdates(subprotocol, { topic: sub.topic, epoch: position.epoch, replay: true }, rows, {
+            maxItems: MAX_ITEMS_PER_FRAME,
+            maxFrameBytes: config.maxFrameBytes
+          })
+        ) {
+          if (!(yield* self.outbound.offerWait(frame))) return
+        }
+        if (rows.length > 0) last = rows[rows.length - 1]!.seq
+        exhausted = rows.length < REPLAY_BATCH
       }
-    } else {
-      outbound.close()
-    }
-    yield* Fiber.interrupt(writerFiber)
-  }).pipe(
-    // Interrupted (process shutdown, or the server dropped the request): best-effort Goodbye.
-    Effect.onInterrupt(() =>
-      Effect.sync(() => {
-        const e = protocolError("server_draining", "the server is shutting down; reconnect", { retryAfterMs: 0 })
-        Effect.runFork(
-          port.write([encodeServerFrame(port.subprotocol, goodbyeFrame(e))]).pipe(
-            Effect.andThen(port.close(e.closeCode, trimReason(e.message))),
-            Effect.ignore
+    }).pipe(
+      Effect.catchTag("SqlError", (e) =>
+        Effect.logWarning(`replay of ${sub.topic} failed`, e).pipe(
+          Effect.andThen(self.endEffect(protocolError("internal", "journal unavailable; resume from your last applied seq")))
+        )),
+      (eff) => self.guard(eff)
+    )
+  }
+
+  private onSubscribe(requestId: string, cursors: ClientFrame["frame"] & { case: "subscribe" }): Effect.Effect<void> {
+    const self = this
+    const { config, access, journal, hub } = this.deps
+    return Effect.gen(function*() {
+      const p = self.principal!
+      const list = cursors.value.cursors
+      if (list.length === 0) {
+        return yield* self.sendError(protocolError("bad_request", "subscribe needs at least one cursor", { requestId }))
+      }
+      const accepted: Array<{ topic: string; afterSeq: number; position: Position }> = []
+      const seen = new Set<string>()
+      for (const cursor of list) {
+        const topic = cursor.topic
+        const fail = (e: ProtocolError) => self.sendError(e)
+        if (seen.has(topic) || self.subscriptions.has(topic)) {
+          yield* fail(protocolError("bad_request", `already subscribed to ${topic}`, { requestId, topic }))
+          continue
+        }
+        seen.add(topic)
+        if (self.subscriptions.size + accepted.length >= config.maxSubscriptions) {
+          yield* fail(protocolError("too_many_subscriptions", `at most ${config.maxSubscriptions} subscriptions per connection`, {
+            requestId,
+            topic
+          }))
+          continue
+        }
+        const authorized = yield* Effect.result(access.authorize(p, topic))
+        if (Result.isFailure(authorized)) {
+          const e = authorized.failure
+          if (e._tag !== "TopicDenied") {
+            return self.end(protocolError("internal", "authorization unavailable; reconnect and resume"))
+          }
+          yield* fail(protocolError(e.reason, e.message, { requestId, topic }))
+          continue
+        }
+        const position = yield* journal.position(topic)
+        // Compare as uint64 first: any after_seq beyond 2^53 is ahead of every head.
+        if (cursor.afterSeq > BigInt(position.headSeq)) {
+          yield* fail(staleError(topic, position, "after_seq is ahead of the topic head", requestId))
+          continue
+        }
+        const afterSeq = Number(cursor.afterSeq)
+        const check = checkCursor(afterSeq, cursor.epoch, position)
+        if (check._tag === "Stale") {
+          yield* fail(staleError(topic, position, check.reason, requestId))
+          continue
+        }
+        accepted.push({ topic, afterSeq, position })
+      }
+      if (accepted.length === 0) return
+      const subs: Array<Subscription> = []
+      // Uninterruptible: a lease acquired is always registered, so it is always released.
+      yield* Effect.uninterruptible(Effect.gen(function*() {
+        for (const a of accepted) {
+          const sub = new Subscription(self, a.topic)
+          sub.lease = yield* hub.acquire(a.topic)
+          self.subscriptions.set(a.topic, sub)
+          subs.push(sub)
+          yield* Metric.modify(subscriptionsGauge, 1)
+        }
+      }))
+      yield* self.sendControl(frameOf({
+        case: "subscribed",
+        value: create(SubscribedSchema, {
+          requestId,
+          topics: accepted.map((a) =>
+            create(TopicPositionSchema, {
+              topic: a.topic,
+              epoch: a.position.epoch,
+              floorSeq: BigInt(a.position.floorSeq),
+              headSeq: BigInt(a.position.headSeq)
+            })
           )
-        )
-      })
-    ),
-    Effect.ensuring(
+        })
+      }))
+      for (const [i, sub] of subs.entries()) {
+        const a = accepted[i]!
+        if (self.subscriptions.get(a.topic) === sub) self.startReplay(sub, a.afterSeq, a.position, requestId)
+      }
+    }).pipe(
+      Effect.catchTag("SqlError", () =>
+        self.endEffect(protocolError("internal", "journal unavailable; reconnect and resume", { retryable: true })))
+    )
+  }
+
+  private onUnsubscribe(requestId: string, topics: ReadonlyArray<string>): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      for (const topic of topics) yield* this.removeSubscription(topic)
+      yield* this.sendControl(frameOf({ case: "unsubscribed", value: create(UnsubscribedSchema, { requestId, topics: [...topics] }) }))
+    })
+  }
+
+  private onRefresh(token: string): Effect.Effect<void> {
+    return Effect.gen({ self: this }, function*() {
+      const verified = yield* Effect.result(this.verify(token))
+      if (Result.isFailure(verified)) return this.end(protocolError("unauthenticated", verified.failure.message))
+      const t = verified.success
+      if (t.userId !== this.principal!.userId) {
+        return this.end(protocolError("unauthenticated", "a refreshed token must be for the same user"))
+      }
+      const principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
+      this.principal = principal
+      this.expiresAtMs = t.expiresAtMs
+      this.rearm()
+      yield* this.sendControl(frameOf({
+        case: "tokenRefreshed",
+        value: create(TokenRefreshedSchema, { tokenExpiresAtMs: BigInt(t.expiresAtMs) })
+      }))
+      // Scopes may have shrunk: re-check every subscription.
+      for (const topic of [...this.subscriptions.keys()]) {
+        const ok = yield* Effect.result(this.deps.access.authorize(principal, topic))
+        if (Result.isFailure(ok) && ok.failure._tag === "TopicDenied") {
+          yield* this.removeSubscription(topic)
+          yield* this.sendError(protocolError("forbidden_topic", `the refreshed token may not read ${topic}`, { topic }))
+        }
+      }
+    })
+  }
+}
+
+const staleError = (topic: string, position: Position, message: string, requestId?: string) =>
+  protocolError("stale_cursor", message, {
+    topic,
+    floorSeq: BigInt(position.floorSeq),
+    headSeq: BigInt(position.headSeq),
+    ...(requestId === undefined ? {} : { requestId })
+  })
+
+/** Serves one pulled connection until it closes (the caller's fiber runs the read loop). Never fails. */
+export const runConnection = (port: SocketPort) =>
+  Effect.gen(function*() {
+    const deps = yield* connectionDeps
+    const conn = new Connection(deps, port)
+    let done: (() => void) | undefined
+    let ended = false
+    conn.onEnded = Effect.sync(() => {
+      ended = true
+      done?.()
+    })
+    yield* Effect.onInterrupt(
       Effect.gen(function*() {
-        const lifecycle = yield* Lifecycle
-        yield* Ref.update(lifecycle.connections, (n) => n - 1)
-        yield* Metric.modify(connectionsGauge, -1)
-      })
-    ),
-    Effect.scoped,
-    Effect.withSpan("Connection")
-  )
+        yield* conn.open()
+        const loop = yield* Effect.forkChild(conn.pullLoop(port))
+        if (conn.phase !== "ended") conn.worker = loop
+        yield* Effect.callback<void>((resume) => {
+          if (ended) return resume(Effect.void)
+          done = () => resume(Effect.void)
+        })
+      }),
+      () => conn.abort()
+    )
+  })
+
+/** A push connection that was started; `abort` ends it at once (server shutdown). */
+export interface ConnectionHandle {
+  readonly connectionId: string
+  readonly abort: Effect.Effect<void>
+}
+
+/**
+ * Starts serving a push socket and returns at once: the connection keeps no fiber while idle.
+ * `onEnded` runs once it is over (whichever way), after every lease was released.
+ */
+export const startConnection = (
+  deps: ConnectionDeps,
+  port: PushSocketPort,
+  onEnded: Effect.Effect<void>
+): Effect.Effect<ConnectionHandle> =>
+  Effect.gen(function*() {
+    const conn = new Connection(deps, port)
+    conn.onEnded = onEnded
+    yield* conn.open()
+    port.listen({ message: (data) => conn.receive(data), closed: () => conn.end(undefined) })
+    return { connectionId: conn.connectionId, abort: conn.abort() }
+  })

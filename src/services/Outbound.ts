@@ -7,13 +7,19 @@
  *   connection therefore never slows an actor or the other subscribers of its topic;
  * - the connection's own replay calls `offerWait` — it waits while the queue (plus the socket's
  *   buffered bytes) is above the byte bound, so a replay is paced by the client, not evicted.
- * The writer fiber drains it with `takeAll`. Bytes counted are our queue plus the bytes the socket
- * still buffers (`bufferedBytes()`), since `ws.send` itself never pushes back.
+ * A writer drains it, in one of two modes:
+ * - a long-lived fiber parked in `takeAll`;
+ * - on demand (`onDemand`, what `Connection` uses): no fiber while the queue is empty. The first
+ *   frame queued while no writer runs calls the demand callback (synchronously), which starts a
+ *   writer; it takes with `takeNow` until that finds the queue empty, which also marks the writer
+ *   as gone (in the same step, so no frame can fall between). `awaitIdle` waits for that.
+ * Bytes counted are our queue plus the bytes the socket still buffers (`bufferedBytes()`), since
+ * `ws.send` itself never pushes back.
  *
- * Fast path: when the queue is empty, the writer is parked waiting for frames (so everything
- * offered before has already been handed to the socket) and the socket buffer is low, `offer`
- * hands the frame to the socket at once (`writeNow`) instead of waking the writer: same order,
- * one fiber hop less per delivery.
+ * Fast path: when the queue is empty, no writer is busy (so everything offered before has
+ * already been handed to the socket) and the socket buffer is low, `offer` hands the frame to the
+ * socket at once (`writeNow`) instead of going through a writer: same order, no fiber per
+ * delivery.
  */
 import { Effect } from "effect"
 import { type EncodedFrame, encodedFrameBytes } from "../domain/Protocol.ts"
@@ -31,6 +37,10 @@ export class Outbound {
   private takeWaiter: (() => void) | undefined
   private spaceWaiters: Array<() => void> = []
   private readonly writeNow: ((frame: EncodedFrame) => boolean) | undefined
+  private demand: (() => void) | undefined
+  private idleWaiters: Array<() => void> | undefined
+  /** Demand mode: a writer was started and has not yet found the queue empty. */
+  writerActive = false
 
   readonly limits: OutboundLimits
   /** Bytes already handed to the socket but not yet on the wire. */
@@ -64,6 +74,19 @@ export class Outbound {
     return this.pendingBytes > this.limits.maxBytes
   }
 
+  /**
+   * Switches to demand mode: `start` is called synchronously whenever a frame is queued while no
+   * writer is active; it must start one that drains with `takeNow`.
+   */
+  onDemand(start: () => void): void {
+    this.demand = start
+  }
+
+  /** Nothing queued is waiting for a writer: a parked `takeAll`, or no active demand writer. */
+  private get writerIdle(): boolean {
+    return this.takeWaiter !== undefined || (this.demand !== undefined && !this.writerActive)
+  }
+
   private push(frame: EncodedFrame, size: number) {
     this.frames.push(frame)
     this.queuedBytes += size
@@ -71,6 +94,9 @@ export class Outbound {
     if (w) {
       this.takeWaiter = undefined
       w()
+    } else if (this.demand !== undefined && !this.writerActive) {
+      this.writerActive = true
+      this.demand()
     }
   }
 
@@ -78,7 +104,7 @@ export class Outbound {
   offer(frame: EncodedFrame, size: number = encodedFrameBytes(frame)): boolean {
     if (this.closed) return false
     if (
-      this.writeNow !== undefined && this.frames.length === 0 && this.takeWaiter !== undefined &&
+      this.writeNow !== undefined && this.frames.length === 0 && this.writerIdle &&
       this.bufferedBytes() + size <= this.limits.maxBytes / 2 && this.writeNow(frame)
     ) {
       deliveredTally.frames++
@@ -130,8 +156,8 @@ export class Outbound {
   }
 
   /** Everything queued (at least one frame) and its total size; `undefined` once closed and empty. */
-  takeAll: Effect.Effect<{ readonly frames: ReadonlyArray<EncodedFrame>; readonly bytes: number } | undefined> =
-    Effect.suspend(() => {
+  get takeAll(): Effect.Effect<{ readonly frames: ReadonlyArray<EncodedFrame>; readonly bytes: number } | undefined> {
+    return Effect.suspend(() => {
       if (this.frames.length > 0) {
         const batch = { frames: this.frames, bytes: this.queuedBytes }
         this.frames = []
@@ -146,6 +172,39 @@ export class Outbound {
         })
       }).pipe(Effect.andThen(this.takeAll))
     })
+  }
+
+  /**
+   * Demand mode: everything queued and its total size, or `undefined` when the queue is empty —
+   * which also ends the writer (`writerActive` false) in the same step.
+   */
+  takeNow(): { readonly frames: ReadonlyArray<EncodedFrame>; readonly bytes: number } | undefined {
+    if (this.frames.length > 0) {
+      const batch = { frames: this.frames, bytes: this.queuedBytes }
+      this.frames = []
+      this.queuedBytes = 0
+      return batch
+    }
+    this.writerActive = false
+    const waiters = this.idleWaiters
+    if (waiters !== undefined) {
+      this.idleWaiters = undefined
+      for (const w of waiters) w()
+    }
+    return undefined
+  }
+
+  /** Demand mode: resolves once the queue is empty and no writer is active (everything handed to the socket). */
+  get awaitIdle(): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      if (this.frames.length === 0 && !this.writerActive) return resume(Effect.void)
+      const waiter = () => resume(Effect.void)
+      ;(this.idleWaiters ??= []).push(waiter)
+      return Effect.sync(() => {
+        if (this.idleWaiters !== undefined) this.idleWaiters = this.idleWaiters.filter((w) => w !== waiter)
+      })
+    })
+  }
 
   /** No more frames are accepted; queued ones still drain; waiters are released. */
   close(): void {
