@@ -13,9 +13,14 @@
  *   evicts itself (`slow_consumer`).
  * - Notifications coalesce into at most one pending `Notify` (the highest seq), so the mailbox
  *   stays bounded no matter how fast commits arrive.
+ * - A fiber runs only while the mailbox has work: once it is empty (and the topic has
+ *   subscribers) the fiber ends and leaves a taker on the mailbox that starts the next one when a
+ *   message arrives (`Queue.Taker`, so any producer's offer wakes it). The check and the taker's
+ *   registration happen in one step, so at most one fiber owns the state at any time. Without
+ *   subscribers the fiber waits up to `idleTtlMs` for a message, then asks to retire.
  */
 import { create } from "@bufbuild/protobuf"
-import { Deferred, Effect, Queue, Schedule } from "effect"
+import { Deferred, Effect, Fiber, Queue, Schedule, type Scope } from "effect"
 import { CaughtUpSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import {
   chunkUpdates,
@@ -100,26 +105,30 @@ export const notifyActor = (handle: TopicActorHandle, seq: number) => {
   }
 }
 
-export const runTopicActor = (options: {
+/**
+ * Starts the actor of `handle.topic` in `scope` (its fibers run in the caller's context) and
+ * returns at once. `onStopped` is called once when the actor is gone: retired, or its fiber ended
+ * abnormally (interrupted with the scope, or a defect).
+ */
+export const startTopicActor = (options: {
   readonly handle: TopicActorHandle
   readonly journal: Journal["Service"]
   readonly settings: ActorSettings
   readonly idleTtlMs: number
   /** Called (synchronously) when idle; returns true if the actor may stop (no subscriber raced in). */
   readonly tryRetire: () => boolean
-}) =>
+  readonly scope: Scope.Scope
+  readonly onStopped: () => void
+}): Effect.Effect<void> =>
   Effect.gen(function*() {
     const { handle, journal, settings } = options
+    const context = yield* Effect.context<never>()
     const topic = handle.topic
     const live = new Map<Subscriber, LiveSubscriber>()
     const ring: Array<StoredEntry> = []
-    // The first reads retry: an actor must never die with leases (and their pending joins) on it.
-    const initial = yield* journal.position(topic).pipe(
-      Effect.tapError((e) => Effect.logWarning(`topic ${topic}: reading its position failed; retrying`, e)),
-      Effect.retry(Schedule.spaced("200 millis"))
-    )
-    let epoch = initial.epoch
-    let head = initial.headSeq
+    let initialized = false
+    let epoch = ""
+    let head = 0
 
     /** A message the Entries batching took from the mailbox but did not handle. */
     let carry: ActorMessage | undefined
@@ -319,33 +328,75 @@ export const runTopicActor = (options: {
         }
       })
 
-    while (true) {
-      const carried = carry
-      carry = undefined
-      const next = carried !== undefined ? carried : handle.refCount > 0
-        ? yield* Effect.map(Queue.take(handle.mailbox), (m) => m as ActorMessage | undefined)
-        : yield* Effect.map(
-          Effect.timeoutOption(Queue.take(handle.mailbox), options.idleTtlMs),
-          (o) => (o._tag === "Some" ? o.value : undefined)
-        )
-      if (next === undefined) {
-        if (options.tryRetire()) return
-        continue
-      }
-      if (handle.resyncPending) {
-        handle.resyncPending = false
-        yield* handleMessage({ _tag: "Resync", epoch: undefined }).pipe(
-          Effect.catch(() => Effect.sync(() => void (handle.resyncPending = true)))
-        )
-      }
-      yield* handleMessage(next).pipe(
-        Effect.catchTag("SqlError", (e) =>
-          Effect.gen(function*() {
-            yield* Effect.logWarning(`topic ${topic}: journal read failed; will retry`, e)
-            if (next._tag === "Join") yield* Deferred.fail(next.reply, e).pipe(Effect.ignore)
-            yield* Effect.sleep("200 millis")
-            handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" }) || handle.notifyQueued
-          }))
+    // The first reads retry: an actor must never die with leases (and their pending joins) on it.
+    const initialize = Effect.gen(function*() {
+      const initial = yield* journal.position(topic).pipe(
+        Effect.tapError((e) => Effect.logWarning(`topic ${topic}: reading its position failed; retrying`, e)),
+        Effect.retry(Schedule.spaced("200 millis"))
       )
+      epoch = initial.epoch
+      head = initial.headSeq
+      initialized = true
+    })
+
+    /** Mailbox empty, subscribers present: end this fiber; the next message starts another. */
+    const park = (run: { parked: boolean }): boolean => {
+      const state = handle.mailbox.state
+      if (state._tag !== "Open" || Queue.sizeUnsafe(handle.mailbox) > 0) return false
+      run.parked = true
+      state.takers.add({ ready: () => Queue.sizeUnsafe(handle.mailbox) > 0, resume: () => launch() })
+      return true
     }
-  }).pipe(Effect.annotateLogs({ topic: options.handle.topic }))
+
+    /** Handles messages until the mailbox is empty (parked) or the actor retires. */
+    const run = (self: { parked: boolean }) => Effect.gen(function*() {
+      if (!initialized) yield* initialize
+      while (true) {
+        const carried = carry
+        carry = undefined
+        let next: ActorMessage | undefined = carried
+        if (next === undefined) {
+          const taken = Queue.takeUnsafe(handle.mailbox)
+          if (taken !== undefined && taken._tag === "Success") next = taken.value
+          else if (handle.refCount > 0) {
+            if (park(self)) return
+            continue
+          } else {
+            next = yield* Effect.map(
+              Effect.timeoutOption(Queue.take(handle.mailbox), options.idleTtlMs),
+              (o) => (o._tag === "Some" ? o.value : undefined)
+            )
+          }
+        }
+        if (next === undefined) {
+          if (options.tryRetire()) return
+          continue
+        }
+        if (handle.resyncPending) {
+          handle.resyncPending = false
+          yield* handleMessage({ _tag: "Resync", epoch: undefined }).pipe(
+            Effect.catch(() => Effect.sync(() => void (handle.resyncPending = true)))
+          )
+        }
+        const m = next
+        yield* handleMessage(m).pipe(
+          Effect.catchTag("SqlError", (e) =>
+            Effect.gen(function*() {
+              yield* Effect.logWarning(`topic ${topic}: journal read failed; will retry`, e)
+              if (m._tag === "Join") yield* Deferred.fail(m.reply, e).pipe(Effect.ignore)
+              yield* Effect.sleep("200 millis")
+              handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" }) || handle.notifyQueued
+            }))
+        )
+      }
+    }).pipe(Effect.annotateLogs({ topic }))
+
+    const launch = () => {
+      const self = { parked: false }
+      const fiber = Fiber.runIn(Effect.runForkWith(context)(run(self)), options.scope)
+      fiber.addObserver(() => {
+        if (!self.parked) options.onStopped()
+      })
+    }
+    launch()
+  })

@@ -14,7 +14,7 @@ import {
   type ActorMessage,
   type JoinResult,
   notifyActor,
-  runTopicActor,
+  startTopicActor,
   type Subscriber,
   type TopicActorHandle,
   type TopicStats
@@ -90,7 +90,8 @@ export class TopicHub extends Context.Service<TopicHub, {
           }
           // Registered before the actor reads its position: no notification can fall between.
           actors.set(topic, handle)
-          yield* runTopicActor({
+          // The actor keeps a fiber only while its mailbox has work.
+          yield* startTopicActor({
             handle,
             journal,
             settings,
@@ -99,11 +100,10 @@ export class TopicHub extends Context.Service<TopicHub, {
               if (handle.refCount > 0) return false
               if (actors.get(topic) === handle) actors.delete(topic)
               return true
-            }
-          }).pipe(
-            Effect.onExit(() => Effect.sync(() => actors.get(topic) === handle && actors.delete(topic))),
-            Effect.forkIn(scope)
-          )
+            },
+            scope,
+            onStopped: () => void (actors.get(topic) === handle && actors.delete(topic))
+          })
           return handle
         })
 
