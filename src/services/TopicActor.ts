@@ -358,6 +358,7 @@ export const startTopicActor = (options: {
         if (next === undefined) {
           const taken = Queue.takeUnsafe(handle.mailbox)
           if (taken !== undefined && taken._tag === "Success") next = taken.value
+          else if (taken !== undefined) return // the mailbox was shut down: the actor is over
           else if (handle.refCount > 0) {
             if (park(self)) return
             continue
