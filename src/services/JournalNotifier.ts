@@ -15,7 +15,7 @@
  * a lost notification costs latency (≤ two reconcile intervals), never data. The pending set is
  * bounded by `MAX_PENDING_TOPICS`; past it the set is replaced by one "resync everything" message.
  */
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Semaphore } from "effect"
 import { SqlClient } from "effect/sql"
 import { JOURNAL_CHANNEL } from "./Journal.ts"
 
@@ -36,7 +36,10 @@ interface Head {
 export class JournalNotifier extends Context.Service<JournalNotifier, {
   /** Records the heads a transaction committed (never blocks; the flush is asynchronous). */
   readonly announce: (committedAtMs: number, heads: Iterable<readonly [topic: string, seq: number]>) => void
-  /** Sends everything announced so far (tests, shutdown). */
+  /**
+   * A barrier: returns once everything announced before the call has been sent (waits for a send
+   * in progress, then sends the rest). Tests use it; shutdown runs it.
+   */
   readonly flush: Effect.Effect<void>
 }>()("khala/services/JournalNotifier") {
   static readonly layer = Layer.effect(
@@ -46,6 +49,8 @@ export class JournalNotifier extends Context.Service<JournalNotifier, {
       let pending = new Map<string, Head>()
       let resyncAll = false
       let wake: (() => void) | undefined
+      /** One send at a time, so `flush` also waits for the one in progress. */
+      const sending = yield* Semaphore.make(1)
 
       const announce = (committedAtMs: number, heads: Iterable<readonly [string, number]>) => {
         for (const [topic, seq] of heads) {
@@ -76,7 +81,7 @@ export class JournalNotifier extends Context.Service<JournalNotifier, {
         }))
 
       /** Sends what is pending; on failure puts it back (merged with what arrived meanwhile). */
-      const flushOnce = Effect.suspend(() => {
+      const flushOnce = sending.withPermits(1)(Effect.suspend(() => {
         if (pending.size === 0 && !resyncAll) return Effect.void
         const taken = pending
         const takenResync = resyncAll
@@ -93,7 +98,7 @@ export class JournalNotifier extends Context.Service<JournalNotifier, {
             })
           )
         )
-      })
+      }))
 
       const awaitWork = Effect.callback<void>((resume) => {
         if (pending.size > 0 || resyncAll) return resume(Effect.void)

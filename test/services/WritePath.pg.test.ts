@@ -26,6 +26,7 @@ import { CodexWorkerSummarySchema, WorkerErrorSchema } from "../../src/gen/opena
 import { KhalaConfig } from "../../src/layers/Config.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
 import { JOURNAL_CHANNEL } from "../../src/services/Journal.ts"
+import { JournalNotifier } from "../../src/services/JournalNotifier.ts"
 import { ProjectionOps } from "../../src/services/ProjectionOps.ts"
 import { RunCommands } from "../../src/services/RunCommands.ts"
 import { WorkerCommands } from "../../src/services/WorkerCommands.ts"
@@ -357,12 +358,17 @@ layer(testServices(), { timeout: "600 seconds", excludeTestServices: true })("wr
         const workers = yield* WorkerCommands
         const sql = yield* SqlClient.SqlClient
         const pg = yield* PgClient.PgClient
+        // Announcements go out after each commit, coalesced per topic; `flush` is the barrier that
+        // keeps the earlier tests' ones out of this listener and each command's apart.
+        const notifier = yield* JournalNotifier
+        yield* notifier.flush
         const notes = yield* pg.listen(JOURNAL_CHANNEL)
+        const announced = <A>(command: Effect.Effect<A, ApiError>) => Effect.tap(command, () => notifier.flush)
 
-        const ok1 = yield* runs.appendEvent("rb-ok-1", { type: "run.created", owner_user_id: "rb-u" }, undefined)
+        const ok1 = yield* announced(runs.appendEvent("rb-ok-1", { type: "run.created", owner_user_id: "rb-u" }, undefined))
         // entities that exist before the trigger: their next command fails
-        const ok2 = yield* runs.appendEvent("rb-boom-existing", { type: "run.created", owner_user_id: "rb-u" }, undefined)
-        const ok3 = yield* workers.create({ worker_id: "rb-boom-worker", owner_user_id: "rb-u" }, undefined)
+        const ok2 = yield* announced(runs.appendEvent("rb-boom-existing", { type: "run.created", owner_user_id: "rb-u" }, undefined))
+        const ok3 = yield* announced(workers.create({ worker_id: "rb-boom-worker", owner_user_id: "rb-u" }, undefined))
 
         yield* sql.unsafe(`CREATE FUNCTION runtime.test_boom() RETURNS trigger LANGUAGE plpgsql AS
           'BEGIN RAISE EXCEPTION ''boom (test trigger)''; END'`)
@@ -425,9 +431,9 @@ layer(testServices(), { timeout: "600 seconds", excludeTestServices: true })("wr
         )
 
         // the next successful command gets the next gapless seq
-        const ok4 = yield* runs.appendEvent("rb-ok-2", { type: "run.created", owner_user_id: "rb-u" }, undefined)
+        const ok4 = yield* announced(runs.appendEvent("rb-ok-2", { type: "run.created", owner_user_id: "rb-u" }, undefined))
         assert.strictEqual(topicSeqsOf(ok4)["user/rb-u/runs"], 3)
-        const ok5 = yield* runs.appendEvent("rb-boom-existing", { type: "run.step" }, undefined)
+        const ok5 = yield* announced(runs.appendEvent("rb-boom-existing", { type: "run.step" }, undefined))
         assert.strictEqual(ok5.body["seq"], 2)
         assert.deepStrictEqual(topicSeqsOf(ok5), { "run/rb-boom-existing": 4, "user/rb-u/runs": 4 })
         assert.deepStrictEqual(yield* topicSeqs("user/rb-u/runs"), [1, 2, 3, 4])
