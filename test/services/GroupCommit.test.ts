@@ -7,22 +7,28 @@ import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Scope } from "effect"
 import { makeGroupCommitter } from "../../src/services/GroupCommit.ts"
 
+/** One worker, held busy by its first group until `gate` opens; records every group. */
+const gatedCommitter = Effect.gen(function*() {
+  const groups: Array<ReadonlyArray<number>> = []
+  const gate = yield* Deferred.make<void>()
+  const committer = yield* makeGroupCommitter<number, string, never>({
+    workers: 1,
+    maxGroup: 100,
+    capacity: 100,
+    commit: (items) =>
+      Effect.gen(function*() {
+        groups.push(items)
+        if (groups.length === 1) yield* Deferred.await(gate)
+        return items.map((i) => `answer ${i}`)
+      })
+  })
+  return { groups, gate, committer }
+})
+
 describe("GroupCommit", () => {
   it.effect("groups what queued while the workers were busy; each caller gets its own answer", () =>
     Effect.gen(function*() {
-      const groups: Array<ReadonlyArray<number>> = []
-      const gate = yield* Deferred.make<void>()
-      const committer = yield* makeGroupCommitter<number, string, never>({
-        workers: 1,
-        maxGroup: 100,
-        capacity: 100,
-        commit: (items) =>
-          Effect.gen(function*() {
-            groups.push(items)
-            if (groups.length === 1) yield* Deferred.await(gate) // hold the only worker busy
-            return items.map((i) => `answer ${i}`)
-          })
-      })
+      const { groups, gate, committer } = yield* gatedCommitter
       const first = yield* Effect.forkChild(committer.submit(0))
       yield* Effect.yieldNow
       const rest = yield* Effect.forkChild(Effect.all(Array.from({ length: 10 }, (_, i) => committer.submit(i + 1)), { concurrency: "unbounded" }))
@@ -35,19 +41,7 @@ describe("GroupCommit", () => {
 
   it.effect("a caller interrupted while queued is left out of its group", () =>
     Effect.gen(function*() {
-      const groups: Array<ReadonlyArray<number>> = []
-      const gate = yield* Deferred.make<void>()
-      const committer = yield* makeGroupCommitter<number, number, never>({
-        workers: 1,
-        maxGroup: 100,
-        capacity: 100,
-        commit: (items) =>
-          Effect.gen(function*() {
-            groups.push(items)
-            if (groups.length === 1) yield* Deferred.await(gate)
-            return items
-          })
-      })
+      const { groups, gate, committer } = yield* gatedCommitter
       const busy = yield* Effect.forkChild(committer.submit(0))
       yield* Effect.yieldNow
       const gone = yield* Effect.forkChild(committer.submit(1))
@@ -55,8 +49,8 @@ describe("GroupCommit", () => {
       yield* Effect.yieldNow
       yield* Fiber.interrupt(gone)
       yield* Deferred.succeed(gate, undefined)
-      assert.strictEqual(yield* Fiber.join(busy), 0)
-      assert.strictEqual(yield* Fiber.join(kept), 2)
+      assert.strictEqual(yield* Fiber.join(busy), "answer 0")
+      assert.strictEqual(yield* Fiber.join(kept), "answer 2")
       assert.deepStrictEqual(groups, [[0], [2]])
     }).pipe(Effect.scoped))
 
