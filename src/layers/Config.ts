@@ -40,6 +40,8 @@ export interface KhalaSettings {
   readonly topicRingEntries: number
   /** How often each node compares its topic actors' heads with the journal (lost notifications). */
   readonly feedReconcileIntervalMs: number
+  /** Bytes of complete replay pages each node caches (0: no cache). */
+  readonly replayCacheBytes: number
   readonly drainTimeoutMs: number
   readonly tokenMaxTtlSeconds: number
   readonly dbMaxConnections: number
@@ -76,6 +78,7 @@ export const defaultSettings = {
   topicIdleTtlMs: 30_000,
   topicRingEntries: 2048,
   feedReconcileIntervalMs: 2_000,
+  replayCacheBytes: 64 * 1024 * 1024,
   drainTimeoutMs: 10_000,
   tokenMaxTtlSeconds: 24 * 60 * 60,
   dbMaxConnections: 10
@@ -112,6 +115,7 @@ const fromEnv = Config.all({
   topicIdleTtlMs: int("KHALA_TOPIC_IDLE_TTL_MS", defaultSettings.topicIdleTtlMs),
   topicRingEntries: int("KHALA_TOPIC_RING_ENTRIES", defaultSettings.topicRingEntries),
   feedReconcileIntervalMs: int("KHALA_FEED_RECONCILE_INTERVAL_MS", defaultSettings.feedReconcileIntervalMs),
+  replayCacheBytes: int("KHALA_REPLAY_CACHE_BYTES", defaultSettings.replayCacheBytes),
   drainTimeoutMs: int("KHALA_DRAIN_TIMEOUT_MS", defaultSettings.drainTimeoutMs),
   tokenMaxTtlSeconds: int("KHALA_TOKEN_MAX_TTL_SECONDS", defaultSettings.tokenMaxTtlSeconds),
   dbMaxConnections: int("KHALA_DB_MAX_CONNECTIONS", defaultSettings.dbMaxConnections)

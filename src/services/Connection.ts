@@ -48,7 +48,7 @@ import {
   type Subprotocol
 } from "../domain/Protocol.ts"
 import { KhalaConfig, type KhalaSettings } from "../layers/Config.ts"
-import { Journal, type StoredEntry } from "./Journal.ts"
+import { Journal, type ReplayPage } from "./Journal.ts"
 import { Lifecycle } from "./Lifecycle.ts"
 import {
   authFailures,
@@ -122,7 +122,6 @@ export const connectionDeps: Effect.Effect<
   }
 })
 
-const REPLAY_BATCH = 2000
 const MAX_ITEMS_PER_FRAME = 512
 /** Over-limit frames in one second beyond which rate limiting becomes fatal. */
 const RATE_ABUSE_FACTOR = 2
@@ -618,8 +617,9 @@ class Connection {
       let exhausted = last >= position.headSeq
       let behind = false
       const encoding = subprotocol === "khala.v1.proto" ? "pb" : "json"
-      const readPage = (after: number) => journal.read(sub.topic, after, REPLAY_BATCH, encoding)
-      let prefetched: { readonly after: number; readonly fiber: Fiber.Fiber<ReadonlyArray<StoredEntry>, SqlError> } | undefined
+      // Aligned pages, shared by every replay of the topic (Journal.readReplayPage).
+      const readPage = (after: number) => journal.readReplayPage(sub.topic, position.epoch, after, encoding)
+      let prefetched: { readonly after: number; readonly fiber: Fiber.Fiber<ReplayPage, SqlError> } | undefined
       while (true) {
         if (exhausted) {
           const joined = yield* sub.lease.join(sub, position.epoch, last, position.headSeq)
@@ -637,11 +637,12 @@ class Connection {
           behind = true
         }
         // The page after a full one is read while this one is being sent (`prefetched`).
-        const rows = prefetched && prefetched.after === last
+        const page = prefetched && prefetched.after === last
           ? yield* Fiber.join(prefetched.fiber)
           : yield* readPage(last)
+        const rows = page.entries
         prefetched = undefined
-        if (rows.length === REPLAY_BATCH && rows[0]!.seq === last + 1) {
+        if (page.more && rows.length > 0 && rows[0]!.seq === last + 1) {
           const after = rows[rows.length - 1]!.seq
           prefetched = { after, fiber: yield* Effect.forkChild(readPage(after)) }
         }
@@ -664,7 +665,7 @@ class Connection {
           if (!(yield* self.outbound.offerWait(frame))) return
         }
         if (rows.length > 0) last = rows[rows.length - 1]!.seq
-        exhausted = rows.length < REPLAY_BATCH
+        exhausted = !page.more || rows.length === 0
       }
     }).pipe(
       Effect.catchTag("SqlError", (e) =>

@@ -17,7 +17,7 @@
  * retention job read.
  */
 import { toJson } from "@bufbuild/protobuf"
-import { Context, Effect, Layer, Option, Schema } from "effect"
+import { Context, Deferred, Effect, Layer, Option, Schema } from "effect"
 import { hash } from "node:crypto"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
@@ -88,6 +88,16 @@ export class PendingDelivery extends Context.Service<PendingDelivery, {
   "khala/services/Journal/PendingDelivery"
 ) {}
 
+/** Entries per replay page; page k holds seqs k·REPLAY_PAGE+1 … (k+1)·REPLAY_PAGE. */
+export const REPLAY_PAGE = 2000
+
+/** A slice of a replay page: entries after the requested seq, and whether the page was full. */
+export interface ReplayPage {
+  readonly entries: ReadonlyArray<StoredEntry>
+  /** The page was full: entries after it may exist. False ⇒ the journal ends inside this page. */
+  readonly more: boolean
+}
+
 /** `{topic: last seq appended to it}` for one command. */
 export type TopicSeqs = Record<string, number>
 
@@ -122,6 +132,18 @@ export class Journal extends Context.Service<Journal, {
     limit: number,
     encoding?: "pb" | "json" | "both"
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
+  /**
+   * Replay read: the entries after `afterSeq` up to the end of its aligned page (≤ REPLAY_PAGE),
+   * in one subprotocol's encoding. Complete pages of `epoch` are immutable, so they are cached
+   * (LRU, `replayCacheBytes`) and concurrent reads of one page share one query: a thousand
+   * clients resuming one topic together read each page from Postgres once.
+   */
+  readonly readReplayPage: (
+    topic: string,
+    epoch: string,
+    afterSeq: number,
+    encoding: "pb" | "json"
+  ) => Effect.Effect<ReplayPage, SqlError>
   readonly position: (topic: string) => Effect.Effect<TopicPosition, SqlError>
   readonly epoch: Effect.Effect<string, SqlError>
 }>()("khala/services/Journal") {
@@ -129,7 +151,7 @@ export class Journal extends Context.Service<Journal, {
     Journal,
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const { maxFrameBytes } = yield* KhalaConfig
+      const { maxFrameBytes, replayCacheBytes } = yield* KhalaConfig
       const maxEntryBytes = maxFrameBytes - FRAME_OVERHEAD_BYTES
 
       const appendAll = Effect.fn("Journal.append")(function*(
@@ -266,6 +288,68 @@ export class Journal extends Context.Service<Journal, {
         )
       }
 
+      // ---- replay pages: an LRU of complete pages (Map order = recency) and the reads in flight
+      const pageCache = new Map<string, { readonly entries: ReadonlyArray<StoredEntry>; readonly bytes: number }>()
+      let pageCacheBytes = 0
+      const inFlight = new Map<string, Deferred.Deferred<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>>()
+      const remember = (key: string, entries: ReadonlyArray<StoredEntry>, encoding: "pb" | "json") => {
+        let bytes = 64 * entries.length
+        for (const e of entries) bytes += encoding === "pb" ? e.pb.byteLength : e.json.length * 2
+        if (bytes > replayCacheBytes) return
+        pageCache.set(key, { entries, bytes })
+        pageCacheBytes += bytes
+        for (const [k, v] of pageCache) {
+          if (pageCacheBytes <= replayCacheBytes) break
+          pageCache.delete(k)
+          pageCacheBytes -= v.bytes
+        }
+      }
+      const readPageRows = (topic: string, first: number, encoding: "pb" | "json") => {
+        const pb = encoding === "pb" ? sql`update_pb` : sql`NULL::bytea AS update_pb`
+        const json = encoding === "json" ? sql`update_json` : sql`NULL::text AS update_json`
+        // The epoch comes from the same statement (one snapshot), so a page is filed under the
+        // epoch its rows belong to even if a rebuild committed meanwhile.
+        return sql<{ seq: bigint; update_pb: Uint8Array | null; update_json: string | null; epoch: string }>`
+          SELECT seq, ${pb}, ${json}, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
+          FROM runtime.sync_stream_events
+          WHERE topic = ${topic} AND seq >= ${first} ORDER BY seq LIMIT ${REPLAY_PAGE}`.pipe(
+          Effect.map((rows) => ({
+            epoch: rows[0]?.epoch ?? "",
+            rows: rows.map((r) => ({ seq: Number(r.seq), pb: r.update_pb ?? EMPTY, json: r.update_json ?? "" }))
+          }))
+        )
+      }
+      const readReplayPage = (topic: string, pageEpoch: string, afterSeq: number, encoding: "pb" | "json") =>
+        Effect.gen(function*() {
+          const page = Math.floor(afterSeq / REPLAY_PAGE)
+          const first = page * REPLAY_PAGE + 1
+          const key = `${encoding}\u0000${pageEpoch}\u0000${page}\u0000${topic}`
+          const slice = (rows: ReadonlyArray<StoredEntry>): ReplayPage => {
+            let i = 0
+            while (i < rows.length && rows[i]!.seq <= afterSeq) i++
+            return { entries: i === 0 ? rows : rows.slice(i), more: rows.length === REPLAY_PAGE }
+          }
+          const cached = pageCache.get(key)
+          if (cached !== undefined) {
+            pageCache.delete(key) // most recently used goes last
+            pageCache.set(key, cached)
+            return slice(cached.entries)
+          }
+          const pending = inFlight.get(key)
+          if (pending !== undefined) return slice((yield* Deferred.await(pending)).rows)
+          const mine = yield* Deferred.make<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>()
+          inFlight.set(key, mine)
+          const read = yield* Effect.exit(readPageRows(topic, first, encoding))
+          inFlight.delete(key)
+          yield* Deferred.done(mine, read)
+          const { epoch: readEpoch, rows } = yield* read
+          // Complete (every seq of the page present) and of the epoch asked for: immutable, keep it.
+          const complete = rows.length === REPLAY_PAGE && rows[0]!.seq === first &&
+            rows[REPLAY_PAGE - 1]!.seq === first + REPLAY_PAGE - 1
+          if (complete && readEpoch === pageEpoch && replayCacheBytes > 0) remember(key, rows, encoding)
+          return slice(rows)
+        }).pipe(Effect.uninterruptible)
+
       const epoch = sql<{ epoch: string }>`SELECT epoch FROM runtime.sync_journal_epoch`.pipe(
         Effect.map((rows) => rows[0]?.epoch ?? "")
       )
@@ -285,7 +369,7 @@ export class Journal extends Context.Service<Journal, {
           })
         )
 
-      return Journal.of({ append, appendAll, read, position, epoch })
+      return Journal.of({ append, appendAll, read, readReplayPage, position, epoch })
     })
   )
 }

@@ -1,0 +1,65 @@
+/**
+ * Replay pages (Journal.readReplayPage): aligned pages of REPLAY_PAGE entries, sliced after the
+ * requested seq; complete pages are cached per (encoding, epoch, page, topic) and shared by
+ * concurrent readers, an incomplete page (the journal's tail, or one with a hole) never is.
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import { Effect } from "effect"
+import { SqlClient } from "effect/sql"
+import { Journal, type JournalDraft, REPLAY_PAGE } from "../../src/services/Journal.ts"
+import { testServices } from "../support/TestApp.ts"
+
+const drafts = (topic: string, n: number): Array<JournalDraft> =>
+  Array.from({ length: n }, (_, i) => ({
+    topic,
+    kind: "run.event",
+    docKey: `run_event:rp:${i}`,
+    docVersion: 1,
+    occurredAtMs: 1,
+    body: { case: undefined }
+  }))
+
+const seqs = (entries: ReadonlyArray<{ readonly seq: number }>) => entries.map((e) => e.seq)
+const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
+layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
+  describe("Journal.readReplayPage", () => {
+    it.effect("aligned pages, sliced after the cursor; complete pages are cached, the tail is not", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const journal = yield* Journal
+        const topic = "run/rp"
+        const total = 2 * REPLAY_PAGE + 500
+        yield* sql.withTransaction(journal.append(drafts(topic, total), 1))
+        const epoch = yield* journal.epoch
+
+        const first = yield* journal.readReplayPage(topic, epoch, 0, "pb")
+        assert.deepStrictEqual(seqs(first.entries), range(1, REPLAY_PAGE))
+        assert.isTrue(first.more)
+        assert.isAbove(first.entries[0]!.pb.byteLength, 0)
+        const mid = yield* journal.readReplayPage(topic, epoch, 1500, "pb")
+        assert.deepStrictEqual(seqs(mid.entries), range(1501, REPLAY_PAGE))
+        const tail = yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE + 100, "pb")
+        assert.deepStrictEqual(seqs(tail.entries), range(2 * REPLAY_PAGE + 101, total))
+        assert.isFalse(tail.more)
+        const json = yield* journal.readReplayPage(topic, epoch, REPLAY_PAGE, "json")
+        assert.deepStrictEqual(seqs(json.entries), range(REPLAY_PAGE + 1, 2 * REPLAY_PAGE))
+        assert.isTrue(json.entries[0]!.json.startsWith("{"))
+
+        // Concurrent readers of one page get the same entries.
+        const together = yield* Effect.all(
+          Array.from({ length: 50 }, (_, i) => journal.readReplayPage(topic, epoch, REPLAY_PAGE + i, "pb")),
+          { concurrency: "unbounded" }
+        )
+        together.forEach((p, i) => assert.deepStrictEqual(seqs(p.entries), range(REPLAY_PAGE + i + 1, 2 * REPLAY_PAGE)))
+
+        // Remove rows behind the cache's back: the complete first page is served from the cache,
+        // the tail (never cached) and another epoch's key read Postgres again.
+        yield* sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${topic} AND seq IN (10, ${2 * REPLAY_PAGE + 200})`
+        assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "pb")).entries), range(1, REPLAY_PAGE))
+        assert.notInclude(seqs((yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE, "pb")).entries), 2 * REPLAY_PAGE + 200)
+        const other = yield* journal.readReplayPage(topic, "another-epoch", 0, "pb")
+        assert.notInclude(seqs(other.entries), 10)
+      }))
+  })
+})
