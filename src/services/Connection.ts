@@ -414,7 +414,10 @@ class Connection {
       this.paused = true
       ;(this.port as PushSocketPort).pause()
     }
-    if (this.working) return
+    if (!this.working) this.startWorker()
+  }
+
+  private startWorker(): void {
     this.working = true
     const fiber = this.fork(this.drainInbound())
     if (this.working) this.worker = fiber
@@ -439,6 +442,9 @@ class Connection {
         this.working = false
         this.worker = undefined
         if (this.inbound?.length === 0) this.inbound = undefined
+        // A message that arrived after the loop saw an empty queue (the fiber may yield between
+        // its last check and this finalizer) must not wait for the next one.
+        else if (this.inbound !== undefined && this.phase !== "ended") this.startWorker()
       }))
     )
   }
