@@ -750,7 +750,8 @@ const evaluateTargets = (): Array<Target_> => {
   t(`replay of 100k entries ≤ 0.4 s, first read after loading${scaled}`,
     rt === undefined || re === undefined ? undefined : rt * (100_000 / re), (v) => v <= 0.4, (v) => `${rt!.toFixed(3)} s for ${re} (${v.toFixed(3)} s per 100k)`)
   const rt2 = value("replay", "khala", "replay time (repeat)")
-  t(`replay of 100k entries ≤ 0.4 s, repeated${scaled}`,
+  // The repeat is served from Khala's replay page cache (complete pages stay in memory), not Postgres.
+  t(`replay of 100k entries ≤ 0.4 s, repeated — Khala from its replay page cache, not Postgres${scaled}`,
     rt2 === undefined || re === undefined ? undefined : rt2 * (100_000 / re), (v) => v <= 0.4, (v) => `${rt2!.toFixed(3)} s for ${re} (${v.toFixed(3)} s per 100k)`)
   t("idle memory ≤ 10 KB per connection", value("idle", "khala", "RSS per connection"), (v) => v <= 10, (v) => `${v.toFixed(1)} KB`)
   t("idle memory ≤ 1.5× raw ws", ratio("idle", "RSS per connection", "ws"), (v) => v <= 1.5, (v) => `${v.toFixed(2)}×`)
