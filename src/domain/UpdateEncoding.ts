@@ -87,7 +87,7 @@ export const bodyEncoder = () => {
 const writer = new BinaryWriter()
 
 /** header + encoded body → the stored `Update` encodings (proto3: zero scalars are omitted). */
-export const encodeUpdate = (h: UpdateHeader, body: EncodedBody | undefined): EncodedUpdate => {
+const encodeUpdateWith = (h: UpdateHeader, body: EncodedBody | undefined): EncodedUpdate => {
   const w = writer
   let json = "{"
   let sep = ""
@@ -119,6 +119,16 @@ export const encodeUpdate = (h: UpdateHeader, body: EncodedBody | undefined): En
     json += `${sep}"${body.jsonName}":${body.json}`
   }
   return { pb: w.finish(), json: json + "}" }
+}
+
+/** header + encoded body → the stored `Update` encodings (proto3: zero scalars are omitted). */
+export const encodeUpdate = (h: UpdateHeader, body: EncodedBody | undefined): EncodedUpdate => {
+  try {
+    return encodeUpdateWith(h, body)
+  } catch (e) {
+    writer.finish() // a failed encoding must not leave bytes in front of the next one
+    throw e
+  }
 }
 
 const BODY_FIELD_NUMBERS: ReadonlySet<number> = new Set(Object.values(BODY_FIELDS).map((b) => b.field))

@@ -39,32 +39,28 @@ export const makeGroupCommitter = <I, O, R>(options: {
     /** Queued and not yet taken by a worker. */
     const queued = new Set<Pending<I, O>>()
     yield* Effect.addFinalizer(() =>
-      Effect.sync(() => {
+      Effect.gen(function*() {
+        yield* Queue.shutdown(queue) // callers waiting to enqueue are released too
         for (const p of queued) Deferred.doneUnsafe(p.reply, Effect.interrupt)
         queued.clear()
       })
     )
 
-    const worker = Effect.gen(function*() {
-      const taken = yield* Queue.takeBetween(queue, 1, options.maxGroup)
+    // Interruptible only while waiting and while committing: a group taken is always answered.
+    const worker = Effect.uninterruptibleMask((restore) => Effect.gen(function*() {
+      const taken = yield* restore(Queue.takeBetween(queue, 1, options.maxGroup))
       for (const p of taken) queued.delete(p)
       const group = taken.filter((p) => !p.cancelled)
       if (group.length === 0) return
-      const exit = yield* Effect.exit(options.commit(group.map((p) => p.item))).pipe(
-        // The worker itself interrupted (the scope closes): its group must not wait forever.
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
-            for (const p of group) Deferred.doneUnsafe(p.reply, Effect.interrupt)
-          })
-        )
-      )
+      // Interrupted (the scope closes): the exit carries it to every member.
+      const exit = yield* Effect.exit(restore(options.commit(group.map((p) => p.item))))
       if (Exit.isSuccess(exit)) {
         group.forEach((p, i) => Deferred.doneUnsafe(p.reply, Effect.succeed(exit.value[i]!)))
       } else {
         // A defect (or an interruption at shutdown) is every member's.
         for (const p of group) Deferred.doneUnsafe(p.reply, Effect.failCause(exit.cause))
       }
-    })
+    }))
     for (let i = 0; i < options.workers; i++) yield* Effect.forkScoped(Effect.forever(worker))
 
     const submit = (item: I) =>

@@ -335,20 +335,35 @@ export class Journal extends Context.Service<Journal, {
             pageCache.set(key, cached)
             return slice(cached.entries)
           }
-          const pending = inFlight.get(key)
-          if (pending !== undefined) return slice((yield* Deferred.await(pending)).rows)
-          const mine = yield* Deferred.make<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>()
-          inFlight.set(key, mine)
-          const read = yield* Effect.exit(readPageRows(topic, first, encoding))
-          inFlight.delete(key)
-          yield* Deferred.done(mine, read)
-          const { epoch: readEpoch, rows } = yield* read
-          // Complete (every seq of the page present) and of the epoch asked for: immutable, keep it.
-          const complete = rows.length === REPLAY_PAGE && rows[0]!.seq === first &&
-            rows[REPLAY_PAGE - 1]!.seq === first + REPLAY_PAGE - 1
-          if (complete && readEpoch === pageEpoch && replayCacheBytes > 0) remember(key, rows, encoding)
-          return slice(rows)
-        }).pipe(Effect.uninterruptible)
+          let pending = inFlight.get(key)
+          if (pending === undefined) {
+            // The read runs in a fiber of its own (not interrupted with any one reader), fills the
+            // cache and completes `pending`; every reader waits for it, interruptibly.
+            const mine = yield* Deferred.make<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>()
+            inFlight.set(key, mine)
+            pending = mine
+            yield* Effect.forkDetach(
+              readPageRows(topic, first, encoding).pipe(
+                Effect.tap(({ epoch: readEpoch, rows }) =>
+                  Effect.sync(() => {
+                    // Complete (every seq of the page present) and of the epoch asked for: immutable.
+                    const complete = rows.length === REPLAY_PAGE && rows[0]!.seq === first &&
+                      rows[REPLAY_PAGE - 1]!.seq === first + REPLAY_PAGE - 1
+                    if (complete && readEpoch === pageEpoch && replayCacheBytes > 0) remember(key, rows, encoding)
+                  })
+                ),
+                Effect.exit,
+                Effect.flatMap((exit) =>
+                  Effect.sync(() => {
+                    inFlight.delete(key)
+                    Deferred.doneUnsafe(mine, exit)
+                  })
+                )
+              )
+            )
+          }
+          return slice((yield* Deferred.await(pending)).rows)
+        })
 
       const epoch = sql<{ epoch: string }>`SELECT epoch FROM runtime.sync_journal_epoch`.pipe(
         Effect.map((rows) => rows[0]?.epoch ?? "")
