@@ -121,17 +121,8 @@ export class Journal extends Context.Service<Journal, {
     committedAtMs: number,
     options?: { readonly notify: boolean }
   ) => Effect.Effect<Appended, SqlError | JournalEntryTooLarge>
-  /**
-   * Entries with seq > afterSeq, ascending, at most `limit`. `encoding` selects the stored
-   * encodings to fetch: a replay for one subprotocol reads only its own column (the other field is
-   * left empty and must not be used).
-   */
-  readonly read: (
-    topic: string,
-    afterSeq: number,
-    limit: number,
-    encoding?: "pb" | "json" | "both"
-  ) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
+  /** Entries with seq > afterSeq, ascending, at most `limit`, with both encodings (live delivery). */
+  readonly read: (topic: string, afterSeq: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
   /**
    * Replay read: the entries after `afterSeq` up to the end of its aligned page (≤ REPLAY_PAGE),
    * in one subprotocol's encoding. Complete pages of `epoch` are immutable, so they are cached
@@ -276,17 +267,16 @@ export class Journal extends Context.Service<Journal, {
       ) => Effect.map(appendAll(drafts, committedAtMs, options), (a) => a.topicSeqs)
 
       const EMPTY = new Uint8Array(0)
-      const read = (topic: string, afterSeq: number, limit: number, encoding: "pb" | "json" | "both" = "both") => {
-        const pb = encoding !== "json" ? sql`update_pb` : sql`NULL::bytea AS update_pb`
-        const json = encoding !== "pb" ? sql`update_json` : sql`NULL::text AS update_json`
-        return sql<{ seq: bigint; update_pb: Uint8Array | null; update_json: string | null }>`
-          SELECT seq, ${pb}, ${json} FROM runtime.sync_stream_events
+      type EntryRow = { seq: bigint; update_pb: Uint8Array | null; update_json: string | null }
+      const toEntry = (r: EntryRow): StoredEntry => ({ seq: Number(r.seq), pb: r.update_pb ?? EMPTY, json: r.update_json ?? "" })
+
+      // Live delivery (topic actors) needs both encodings: its subscribers may speak either.
+      const read = (topic: string, afterSeq: number, limit: number) =>
+        sql<EntryRow>`
+          SELECT seq, update_pb, update_json FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`.pipe(
-          Effect.map((rows) =>
-            rows.map((r) => ({ seq: Number(r.seq), pb: r.update_pb ?? EMPTY, json: r.update_json ?? "" }))
-          )
+          Effect.map((rows) => rows.map(toEntry))
         )
-      }
 
       // ---- replay pages: an LRU of complete pages (Map order = recency) and the reads in flight
       const pageCache = new Map<string, { readonly entries: ReadonlyArray<StoredEntry>; readonly bytes: number }>()
@@ -309,13 +299,13 @@ export class Journal extends Context.Service<Journal, {
         const json = encoding === "json" ? sql`update_json` : sql`NULL::text AS update_json`
         // The epoch comes from the same statement (one snapshot), so a page is filed under the
         // epoch its rows belong to even if a rebuild committed meanwhile.
-        return sql<{ seq: bigint; update_pb: Uint8Array | null; update_json: string | null; epoch: string }>`
+        return sql<EntryRow & { epoch: string }>`
           SELECT seq, ${pb}, ${json}, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
           FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq >= ${first} ORDER BY seq LIMIT ${REPLAY_PAGE}`.pipe(
           Effect.map((rows) => ({
             epoch: rows[0]?.epoch ?? "",
-            rows: rows.map((r) => ({ seq: Number(r.seq), pb: r.update_pb ?? EMPTY, json: r.update_json ?? "" }))
+            rows: rows.map(toEntry)
           }))
         )
       }
