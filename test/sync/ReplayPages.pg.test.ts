@@ -45,6 +45,11 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         const json = yield* journal.readReplayPage(topic, epoch, REPLAY_PAGE, "json")
         assert.deepStrictEqual(seqs(json.entries), range(REPLAY_PAGE + 1, 2 * REPLAY_PAGE))
         assert.isTrue(json.entries[0]!.json.startsWith("{"))
+        // A page carries exactly the stored encodings (the live path reads them row by row).
+        const rowByRow = yield* journal.read(topic, REPLAY_PAGE, REPLAY_PAGE)
+        assert.deepStrictEqual(json.entries.map((e) => e.json), rowByRow.map((e) => e.json))
+        const pbPage = yield* journal.readReplayPage(topic, epoch, REPLAY_PAGE, "pb")
+        assert.deepStrictEqual(pbPage.entries.map((e) => Buffer.from(e.pb).toString("hex")), rowByRow.map((e) => Buffer.from(e.pb).toString("hex")))
 
         // Concurrent readers of one page get the same entries.
         const together = yield* Effect.all(
