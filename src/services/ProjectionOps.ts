@@ -20,6 +20,9 @@ import { projectionDriftTotal } from "./Metrics.ts"
 import { type EventRow as StoredEventRow, toRunRecord, toWorkerRecord } from "./EventStore.ts"
 import { Projector } from "./Projector.ts"
 
+/** Events projected together by a rebuild. */
+const REBUILD_PAGE = 1000
+
 export interface DriftedEntity {
   readonly entity_kind: "run" | "worker"
   readonly entity_id: string
@@ -175,6 +178,17 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
             runtime.sync_topic_sequences`
           const total = yield* scalar(sql<{ n: bigint }>`
             SELECT (SELECT count(*) FROM runtime.run_events) + (SELECT count(*) FROM runtime.codex_worker_events) AS n`)
+          // Each owner's events in commit order (owner ordinal), a page at a time. The order is
+          // taken once, into an indexed temp table: paging with `ORDER BY owner_ordinal LIMIT` over
+          // the event tables would sort every remaining event of the owner for every page.
+          yield* sql`CREATE TEMP TABLE rebuild_order ON COMMIT DROP AS
+            SELECT r.owner_user_id, 'runs'::text AS stream, e.owner_ordinal AS ordinal, e.run_id AS entity_id, e.seq
+            FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
+            UNION ALL
+            SELECT w.owner_user_id, 'workers'::text, e.owner_ordinal, e.worker_id, e.seq
+            FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)`
+          yield* sql`CREATE INDEX ON rebuild_order (owner_user_id, stream, ordinal)`
+          yield* sql`ANALYZE rebuild_order`
           const owners = yield* sql<{ owner_user_id: string; stream: string }>`
             SELECT owner_user_id, stream FROM runtime.owner_sequences ORDER BY owner_user_id, stream`
           const now = start
@@ -184,20 +198,26 @@ export class ProjectionOps extends Context.Service<ProjectionOps, {
             while (true) {
               const rows = owner.stream === "runs"
                 ? yield* sql<EventRow & { owner_ordinal: bigint }>`
-                  SELECT e.run_id AS entity_id, r.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at, e.owner_ordinal
-                  FROM runtime.run_events e JOIN runtime.runs r USING (run_id)
-                  WHERE r.owner_user_id = ${owner.owner_user_id} AND e.owner_ordinal > ${after}
-                  ORDER BY e.owner_ordinal LIMIT 1000`
+                  SELECT o.entity_id, o.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at,
+                         o.ordinal AS owner_ordinal
+                  FROM rebuild_order o JOIN runtime.run_events e ON e.run_id = o.entity_id AND e.seq = o.seq
+                  WHERE o.owner_user_id = ${owner.owner_user_id} AND o.stream = 'runs' AND o.ordinal > ${after}
+                  ORDER BY o.ordinal LIMIT ${REBUILD_PAGE}`
                 : yield* sql<EventRow & { owner_ordinal: bigint }>`
-                  SELECT e.worker_id AS entity_id, w.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at, e.owner_ordinal
-                  FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id)
-                  WHERE w.owner_user_id = ${owner.owner_user_id} AND e.owner_ordinal > ${after}
-                  ORDER BY e.owner_ordinal LIMIT 1000`
+                  SELECT o.entity_id, o.owner_user_id, e.seq, e.type, e.payload::text AS payload, e.occurred_at,
+                         o.ordinal AS owner_ordinal
+                  FROM rebuild_order o JOIN runtime.codex_worker_events e ON e.worker_id = o.entity_id AND e.seq = o.seq
+                  WHERE o.owner_user_id = ${owner.owner_user_id} AND o.stream = 'workers' AND o.ordinal > ${after}
+                  ORDER BY o.ordinal LIMIT ${REBUILD_PAGE}`
               if (rows.length === 0) break
-              for (const r of rows) {
-                if (owner.stream === "runs") yield* projector.applyRun(runRecord(r), now, { notify: false })
-                else yield* projector.applyWorker(workerRecord(r), now, { notify: false })
-              }
+              // The page projected set-based: each document and topic row written once per page.
+              yield* projector.applyAll(
+                owner.stream === "runs"
+                  ? { _tag: "runs", events: rows.map(runRecord) }
+                  : { _tag: "workers", events: rows.map(workerRecord) },
+                now,
+                { notify: false }
+              )
               after = Number(rows[rows.length - 1]!.owner_ordinal)
               done += rows.length
               onProgress?.(done, total)

@@ -181,6 +181,21 @@ export class Projector extends Context.Service<Projector, {
     committedAtMs: number,
     options?: ApplyOptions
   ) => Effect.Effect<Projected<CodexWorkerSummary>, SqlError | JournalEntryTooLarge>
+  /**
+   * Many committed events of one kind, in order, set-based (rebuild): the same documents, journal
+   * entries and seqs, and final checkpoints as `applyRun`/`applyWorker` one event at a time, with
+   * a fixed number of statements — each document and topic row is written once, not once per event
+   * (one transaction rewriting one row n times leaves a version chain that every later access walks:
+   * quadratic in the length of a run).
+   */
+  readonly applyAll: (
+    events: { readonly _tag: "runs"; readonly events: ReadonlyArray<RunEventRecord> } | {
+      readonly _tag: "workers"
+      readonly events: ReadonlyArray<WorkerEventRecord>
+    },
+    committedAtMs: number,
+    options?: ApplyOptions
+  ) => Effect.Effect<void, SqlError | JournalEntryTooLarge>
 }>()("khala/services/Projector") {
   static readonly layer = Layer.effect(
     Projector,
@@ -245,7 +260,77 @@ export class Projector extends Context.Service<Projector, {
         return yield* apply(workerProjectionSpec(event), decodeWorkerSummary, committedAtMs, options)
       })
 
-      return Projector.of({ applyRun, applyWorker })
+      const applyAllOf = <Doc>(
+        specs: ReadonlyArray<ProjectionSpec<Doc>>,
+        decode: (bytes: Uint8Array) => Doc,
+        committedAtMs: number,
+        options: ApplyOptions | undefined
+      ) =>
+        Effect.gen(function*() {
+          if (specs.length === 0) return
+          const kind = specs[0]!.entityKind
+          const docs = new Map<string, StoredDoc<Doc>>()
+          for (
+            const r of yield* sql<{ doc_key: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
+            SELECT doc_key, doc_version, document, doc_hash FROM runtime.read_models
+            WHERE doc_key = ANY(${[...new Set(specs.map((s) => s.docKey))]}::text[])`
+          ) docs.set(r.doc_key, { docVersion: Number(r.doc_version), hash: r.doc_hash, doc: decode(r.document) })
+          const drafts: Array<JournalDraft> = []
+          // Per entity, in first-seen order: its last step, whether any step changed the document.
+          const finals = new Map<string, { spec: ProjectionSpec<Doc>; step: ProjectionStep<Doc>; changed: boolean }>()
+          for (const spec of specs) {
+            const step = projectStep(spec, docs.get(spec.docKey))
+            docs.set(spec.docKey, step)
+            for (const d of step.drafts) drafts.push(d)
+            const prev = finals.get(spec.docKey)
+            finals.set(spec.docKey, { spec, step, changed: step.changed || prev?.changed === true })
+          }
+          const changed = [...finals.values()].filter((f) => f.changed)
+          if (changed.length > 0) {
+            const rows = changed.map(({ spec, step }) => ({
+              doc_key: spec.docKey,
+              kind: SUMMARY_KIND[kind],
+              entity_id: spec.entityId,
+              owner_user_id: spec.ownerUserId,
+              doc_version: step.docVersion,
+              document: step.bytes,
+              doc_hash: step.hash
+            }))
+            yield* sql`
+              INSERT INTO runtime.read_models ${sql.insert(rows as [typeof rows[0], ...typeof rows])}
+              ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
+                doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`
+          }
+          const checkpoints = [...finals.values()].map(({ spec, step }) => ({
+            entity_kind: kind,
+            entity_id: spec.entityId,
+            last_seq: spec.seq,
+            doc_hash: step.hash,
+            projection_version: PROJECTION_VERSION
+          }))
+          yield* sql`
+            INSERT INTO runtime.projection_checkpoints ${sql.insert(checkpoints as [typeof checkpoints[0], ...typeof checkpoints])}
+            ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
+              projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
+          // Seqs are allocated per topic in draft order: what one append per event would give.
+          yield* journal.appendAll(drafts, committedAtMs, options)
+        })
+
+      const applyAll = Effect.fn("Projector.applyAll")(function*(
+        events: { readonly _tag: "runs"; readonly events: ReadonlyArray<RunEventRecord> } | {
+          readonly _tag: "workers"
+          readonly events: ReadonlyArray<WorkerEventRecord>
+        },
+        committedAtMs: number,
+        options?: ApplyOptions
+      ) {
+        yield* Effect.annotateCurrentSpan({ "khala.events": events.events.length })
+        return yield* events._tag === "runs"
+          ? applyAllOf(events.events.map(runProjectionSpec), decodeRunSummary, committedAtMs, options)
+          : applyAllOf(events.events.map(workerProjectionSpec), decodeWorkerSummary, committedAtMs, options)
+      })
+
+      return Projector.of({ applyRun, applyWorker, applyAll })
     })
   )
 }

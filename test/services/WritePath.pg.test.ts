@@ -698,6 +698,42 @@ layer(testServices(), { timeout: "600 seconds", excludeTestServices: true })("wr
         assert.deepStrictEqual(drift.drifted.map((d) => d.entity_id), ["edge-drift"])
       })))
 
+    it.effect("a history longer than a rebuild page (set-based pages) rebuilds byte-identical, epoch kept", () =>
+      clocked(Effect.gen(function*() {
+        yield* TestClock.setTime(T0)
+        const runs = yield* RunCommands
+        const workers = yield* WorkerCommands
+        const ops = yield* ProjectionOps
+        const sql = yield* SqlClient.SqlClient
+        yield* runs.appendEvent("long-a", { type: "run.created", owner_user_id: "long-u" }, undefined)
+        yield* runs.appendEvent("long-b", { type: "run.created", owner_user_id: "long-u" }, undefined)
+        yield* workers.create({ worker_id: "long-w", owner_user_id: "long-u" }, undefined)
+        // 1,300 run events over two runs (pages of 1,000 split runs mid-history), status changes
+        // inside pages and at a boundary, repeated identical summaries, worker events between them.
+        for (let i = 0; i < 1300; i++) {
+          const run = i % 3 === 0 ? "long-b" : "long-a"
+          const type = i === 2 || i === 999 ? "run.started" : "run.step"
+          yield* runs.appendEvent(run, { type, payload: { i, same: i % 7 === 0 } }, undefined)
+          if (i % 10 === 0) {
+            yield* workers.appendEvent("long-w", { event_type: "worker.event", payload: { i } }, undefined)
+            yield* TestClock.adjust(1)
+          }
+        }
+        yield* runs.appendEvent("long-b", { type: "run.completed" }, undefined)
+        const before: Capture = yield* capture
+        const report = yield* ops.rebuild()
+        const [authority] = yield* sql<{ n: bigint }>`
+          SELECT (SELECT count(*) FROM runtime.run_events) + (SELECT count(*) FROM runtime.codex_worker_events) AS n`
+        assert.strictEqual(report.events, Number(authority!.n))
+        assert.strictEqual(report.epoch_changed, false)
+        const rebuilt = yield* capture
+        assert.deepStrictEqual(rebuilt.models, before.models)
+        assert.deepStrictEqual(rebuilt.journal, before.journal)
+        assert.deepStrictEqual(rebuilt.heads, before.heads)
+        assert.deepStrictEqual((yield* ops.drift).drifted, [])
+        yield* assertJournalGapless
+      })), { timeout: 120_000 })
+
     it.effect("a JSON payload Postgres jsonb cannot store (NUL, lone surrogate) is a 400, not a retryable 500", () =>
       clocked(Effect.gen(function*() {
         yield* TestClock.setTime(T0)
