@@ -20,7 +20,7 @@
  *   subscribers the fiber waits up to `idleTtlMs` for a message, then asks to retire.
  */
 import { create } from "@bufbuild/protobuf"
-import { Deferred, Effect, Fiber, Queue, Schedule, type Scope } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Queue, Schedule, type Scope } from "effect"
 import { CaughtUpSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import {
   chunkUpdates,
@@ -40,6 +40,12 @@ export interface Subscriber {
   readonly offer: (frame: EncodedFrame, bytes: number) => boolean
   /** The topic's journal epoch changed under this subscription: it is over (stale_cursor). */
   readonly onEpochChanged: (topic: string) => void
+  /**
+   * The topic's actor died of a defect (a bug): this subscription gets nothing more from it. The
+   * connection ends with a retryable `internal` error, so the client reconnects and resumes from
+   * its cursor (a fresh actor serves the topic), instead of waiting on a silent subscription.
+   */
+  readonly onActorFailed: (topic: string) => void
 }
 
 export type JoinResult =
@@ -108,7 +114,8 @@ export const notifyActor = (handle: TopicActorHandle, seq: number) => {
 /**
  * Starts the actor of `handle.topic` in `scope` (its fibers run in the caller's context) and
  * returns at once. `onStopped` is called once when the actor is gone: retired, or its fiber ended
- * abnormally (interrupted with the scope, or a defect).
+ * abnormally (interrupted with the scope, or a defect: then its subscribers and pending joins are
+ * told as well, see `failed`).
  */
 export const startTopicActor = (options: {
   readonly handle: TopicActorHandle
@@ -132,6 +139,8 @@ export const startTopicActor = (options: {
 
     /** A message the Entries batching took from the mailbox but did not handle. */
     let carry: ActorMessage | undefined
+    /** The message being handled (a defect while handling it must still answer a Join). */
+    let handling: ActorMessage | undefined
 
     const ringStart = () => (ring.length > 0 ? ring[0]!.seq : head + 1)
 
@@ -301,9 +310,9 @@ export const startTopicActor = (options: {
               const more = Queue.takeUnsafe(handle.mailbox)
               if (more !== undefined && more._tag === "Success") m2 = more.value
             }
-            deliver(out)
             // A message taken past the run is handled next by the main loop (with its error handling).
             carry = m2
+            deliver(out)
             return
           }
           case "Join":
@@ -380,6 +389,7 @@ export const startTopicActor = (options: {
           )
         }
         const m = next
+        handling = m
         yield* handleMessage(m).pipe(
           Effect.catchTag("SqlError", (e) =>
             Effect.gen(function*() {
@@ -389,14 +399,45 @@ export const startTopicActor = (options: {
               handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" }) || handle.notifyQueued
             }))
         )
+        handling = undefined
       }
     }).pipe(Effect.annotateLogs({ topic }))
+
+    /**
+     * The fiber died of a defect: nothing may wait on this actor. The hub forgets it (the next
+     * subscriber starts a fresh one), queued joins die (their connections end with `internal`),
+     * the mailbox is shut (later offers return false at once; a lease's join then dies too), and
+     * every live subscriber is told.
+     */
+    const failed = (cause: Cause.Cause<unknown>) => {
+      options.onStopped()
+      const joins: Array<Deferred.Deferred<JoinResult, SqlError>> = []
+      for (const m of [handling, carry]) if (m?._tag === "Join") joins.push(m.reply)
+      handling = carry = undefined
+      for (let t = Queue.takeUnsafe(handle.mailbox); t !== undefined && t._tag === "Success"; t = Queue.takeUnsafe(handle.mailbox)) {
+        if (t.value._tag === "Join") joins.push(t.value.reply)
+      }
+      Queue.shutdownUnsafe(handle.mailbox)
+      const subscribers = [...live.keys()]
+      live.clear()
+      handle.stats.subscribers = 0
+      for (const subscriber of subscribers) subscriber.onActorFailed(topic)
+      // Last: completing a reply may run its waiter at once.
+      const defect = new Error(`topic ${topic}: its actor failed`)
+      for (const reply of joins) Deferred.doneUnsafe(reply, Exit.die(defect))
+      Effect.runForkWith(context)(
+        Effect.logError(`topic ${topic}: actor failed; ${subscribers.length} subscriber(s) told to reconnect`, cause)
+      )
+    }
+
 
     const launch = () => {
       const self = { parked: false }
       const fiber = Fiber.runIn(Effect.runForkWith(context)(run(self)), options.scope)
-      fiber.addObserver(() => {
-        if (!self.parked) options.onStopped()
+      fiber.addObserver((exit) => {
+        if (self.parked) return
+        if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) failed(exit.cause)
+        else options.onStopped()
       })
     }
     launch()

@@ -117,7 +117,9 @@ export class TopicHub extends Context.Service<TopicHub, {
             join: (subscriber, epoch, lastSeq, minHeadSeq) =>
               Effect.gen(function*() {
                 const reply = yield* Deferred.make<JoinResult, SqlError>()
-                yield* Queue.offer(handle.mailbox, { _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
+                const offered = yield* Queue.offer(handle.mailbox, { _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
+                // Shut: the actor failed (a live lease keeps it from retiring); nothing would answer.
+                if (!offered) return yield* Effect.die(new Error(`topic ${topic}: its actor failed`))
                 return yield* Deferred.await(reply)
               }),
             release: (subscriber, evicted = false) =>

@@ -6,7 +6,7 @@
  * (a gap before the handed-over entries, entries stamped with another journal epoch).
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect, Result } from "effect"
+import { Effect, Exit, References, Result } from "effect"
 import { SqlClient } from "effect/sql"
 import { decodeServerFrame, type EncodedFrame, PROTO_SUBPROTOCOL } from "../../src/domain/Protocol.ts"
 import { Journal, type JournalDraft, PendingDelivery } from "../../src/services/Journal.ts"
@@ -19,6 +19,7 @@ import { testServices } from "../support/TestApp.ts"
 const recorder = () => {
   const seqs: Array<number> = []
   const frames: Array<Array<number>> = []
+  const failures: Array<string> = []
   const subscriber: Subscriber = {
     connectionId: "c1",
     subprotocol: PROTO_SUBPROTOCOL,
@@ -31,9 +32,10 @@ const recorder = () => {
       }
       return true
     },
-    onEpochChanged: () => {}
+    onEpochChanged: () => {},
+    onActorFailed: () => void failures.push("failed")
   }
-  return { seqs, frames, subscriber }
+  return { seqs, frames, subscriber, failures }
 }
 
 const waitFor = (what: string, cond: () => boolean) =>
@@ -123,5 +125,76 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
         assert.deepStrictEqual(seqs.slice(-1), [14])
         yield* lease.release(subscriber)
       }))
+  })
+  describe("actor failure", () => {
+    it.effect("an actor that dies of a defect tells its subscribers, fails joins instead of hanging, and the next subscriber gets a fresh actor", () =>
+      Effect.gen(function*() {
+        const runs = yield* RunCommands
+        const hub = yield* TopicHub
+        const journal = yield* Journal
+        yield* runs.appendEvent("af", { type: "run.created", owner_user_id: "u" }, undefined) // seqs 1, 2
+        const epoch = yield* journal.epoch
+        // A subscriber whose callback throws (a bug) kills the actor that calls it: here on the
+        // first frame after its CaughtUp.
+        let offers = 0
+        const broken: Subscriber = {
+          ...recorder().subscriber,
+          connectionId: "broken",
+          offer: () => {
+            if (offers++ > 0) throw new Error("bug in a subscriber")
+            return true
+          }
+        }
+        const watcher = recorder()
+        const brokenLease = yield* hub.acquire("run/af")
+        const watcherLease = yield* hub.acquire("run/af")
+        const spareLease = yield* hub.acquire("run/af") // held, never joined: its join comes too late
+        assert.deepStrictEqual(yield* brokenLease.join(broken, epoch, 2, 2), { _tag: "Joined", caughtUpSeq: 2 })
+        assert.deepStrictEqual(yield* watcherLease.join(watcher.subscriber, epoch, 2, 2), { _tag: "Joined", caughtUpSeq: 2 })
+
+        yield* runs.appendEvent("af", { type: "run.started" }, undefined) // seqs 3, 4: the actor dies delivering them
+        yield* waitFor("the watcher to hear of the failure", () => watcher.failures.length > 0)
+        assert.deepStrictEqual(watcher.failures, ["failed"])
+
+        // A join on the failed actor dies at once (its connection ends with `internal`).
+        const late = yield* Effect.exit(spareLease.join(recorder().subscriber, epoch, 4, 4))
+        assert.isTrue(Exit.hasDies(late))
+        // Releasing leases of the failed actor does not block.
+        yield* brokenLease.release(broken)
+        yield* watcherLease.release(watcher.subscriber)
+        yield* spareLease.release(recorder().subscriber)
+
+        // A new subscription gets a fresh actor that delivers.
+        const fresh = recorder()
+        const freshLease = yield* hub.acquire("run/af")
+        assert.deepStrictEqual(yield* freshLease.join(fresh.subscriber, epoch, 4, 4), { _tag: "Joined", caughtUpSeq: 4 })
+        yield* runs.appendEvent("af", { type: "run.step" }, undefined) // seqs 5, 6
+        yield* waitFor("seqs 5, 6 on the fresh actor", () => fresh.seqs.length === 2)
+        assert.deepStrictEqual(fresh.seqs, [5, 6])
+        assert.deepStrictEqual(fresh.failures, [])
+        yield* freshLease.release(fresh.subscriber)
+      }).pipe(Effect.provideService(References.MinimumLogLevel, "None")))
+
+    it.effect("a defect while the actor answers a join: that join dies instead of hanging", () =>
+      Effect.gen(function*() {
+        const runs = yield* RunCommands
+        const hub = yield* TopicHub
+        const journal = yield* Journal
+        yield* runs.appendEvent("af2", { type: "run.created", owner_user_id: "u" }, undefined) // seqs 1, 2
+        const epoch = yield* journal.epoch
+        const watcher = recorder()
+        const watcherLease = yield* hub.acquire("run/af2")
+        yield* watcherLease.join(watcher.subscriber, epoch, 2, 2)
+        const broken: Subscriber = {
+          ...recorder().subscriber,
+          offer: () => {
+            throw new Error("bug in a subscriber")
+          }
+        }
+        const brokenLease = yield* hub.acquire("run/af2")
+        const joined = yield* Effect.exit(brokenLease.join(broken, epoch, 2, 2)) // its CaughtUp throws
+        assert.isTrue(Exit.hasDies(joined))
+        assert.deepStrictEqual(watcher.failures, ["failed"])
+      }).pipe(Effect.provideService(References.MinimumLogLevel, "None")))
   })
 })
