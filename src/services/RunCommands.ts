@@ -7,7 +7,8 @@
  * Concurrent commands are group-committed (GroupCommit): while the workers are busy, new commands
  * gather and go together through RunEventBatches' set-based transaction, which answers and writes
  * exactly what the commands would have one after another in arrival order (property-tested), so
- * a burst of writers shares fsyncs and statements instead of queueing for them. Validation errors
+ * a burst of writers shares fsyncs and statements instead of queueing for them; a group that fails
+ * in the database is retried one command at a time, so a refused command fails alone. Validation errors
  * are answered before any of this; a command issued inside a caller's transaction joins it.
  */
 import { Clock, Context, Effect, Layer, Metric, Option, Schema, type Tracer } from "effect"
@@ -119,6 +120,8 @@ export const lifecycleRejection = (
 
 /** Group transactions committing at once (each holds one pooled connection while it commits). */
 const GROUP_COMMIT_WORKERS = 2
+/** Lone commits failing in the database in a row after which a failed group's rest fails at once. */
+const FALLBACK_FAILURES = 3
 /** Commands waiting for a group beyond which new ones wait to be queued (HTTP backpressure). */
 const GROUP_COMMIT_QUEUE = 4 * MAX_BATCH_EVENTS
 
@@ -178,6 +181,36 @@ export class RunCommands extends Context.Service<RunCommands, {
         )
       }
 
+      /** One command in its own transaction, traced under its request; its error is its answer. */
+      const alone = (item: PendingCommand): Effect.Effect<ItemAnswer> =>
+        commitOne(item.event, item.requestId, item.now).pipe(
+          item.span === undefined ? (e) => e : Effect.withParentSpan(item.span),
+          Effect.catch((e: ApiError) => Effect.succeed(e))
+        )
+
+      /**
+       * The shared transaction failed in the database. That may be one command's doing (a row the
+       * database refuses) or not (the database is unreachable); so each command is committed alone,
+       * in arrival order, and a poison command fails only itself. After FALLBACK_FAILURES lone
+       * failures in a row the database is taken to be down and the rest get the same answer (a
+       * retryable 500) at once instead of each waiting to fail.
+       */
+      const oneByOne = (items: ReadonlyArray<PendingCommand>, groupError: ApiError) =>
+        Effect.gen(function*() {
+          const answers: Array<ItemAnswer> = []
+          let failuresInARow = 0
+          for (const item of items) {
+            if (failuresInARow >= FALLBACK_FAILURES) {
+              answers.push(groupError)
+              continue
+            }
+            const answer = yield* alone(item)
+            failuresInARow = answer instanceof ApiError && answer.code === "internal" ? failuresInARow + 1 : 0
+            answers.push(answer)
+          }
+          return answers
+        })
+
       // Group commit: concurrent commands share transactions (RunEventBatches.commitGroup answers
       // each exactly as its own transaction would); a command that finds a worker idle commits alone.
       const committer = yield* makeGroupCommitter<PendingCommand, ItemAnswer, never>({
@@ -187,13 +220,11 @@ export class RunCommands extends Context.Service<RunCommands, {
         commit: (items) =>
           Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
             items.length === 1
-            ? commitOne(items[0]!.event, items[0]!.requestId, items[0]!.now).pipe(
-              items[0]!.span === undefined ? (e) => e : Effect.withParentSpan(items[0]!.span),
-              Effect.map((r): ReadonlyArray<ItemAnswer> => [r]),
-              Effect.catch((e: ApiError) => Effect.succeed([e]))
-            )
-            // Committed at the latest of its commands' request times (the injected clock's).
-            : batches.commitGroup(items, items.reduce((t, i) => Math.max(t, i.now), 0))
+              ? Effect.map(alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
+              // Committed at the latest of its commands' request times (the injected clock's).
+              : batches.commitGroup(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
+                Effect.catch((e: ApiError) => e.code === "internal" ? oneByOne(items, e) : Effect.succeed(items.map(() => e)))
+              )
           ))
       })
 

@@ -73,9 +73,13 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
   readonly append: (raw: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
   /**
    * Concurrent single-event commands (RunCommands' group commit) in one transaction: answers in
-   * input order, each exactly what the command would answer alone, in that order.
+   * input order, each exactly what the command would answer alone, in that order. Fails (typed)
+   * when the shared transaction itself failed: nothing of the group was committed.
    */
-  readonly commitGroup: (group: ReadonlyArray<GroupItem>, committedAtMs: number) => Effect.Effect<ReadonlyArray<ItemAnswer>>
+  readonly commitGroup: (
+    group: ReadonlyArray<GroupItem>,
+    committedAtMs: number
+  ) => Effect.Effect<ReadonlyArray<ItemAnswer>, ApiError>
 }>()("khala/services/RunEventBatches") {
   static readonly layer = Layer.effect(
     RunEventBatches,
@@ -408,10 +412,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
           yield* Effect.annotateCurrentSpan({ "khala.group_events": group.length })
           const result = yield* commitItems("run.group", group.map((g) => g.event), now, (i) => group[i]!.requestId)
           return result.results
-        }).pipe(
-          Effect.catch((e: ApiError) => Effect.succeed(group.map(() => e))),
-          Effect.withSpan("RunEventBatches.commitGroup")
-        )
+        }).pipe(Effect.withSpan("RunEventBatches.commitGroup"))
 
       return RunEventBatches.of({ append, commitGroup })
     })

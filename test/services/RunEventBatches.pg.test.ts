@@ -7,7 +7,7 @@
  * (their encoded wire bytes included), topic heads and stored idempotent responses.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect, Metric } from "effect"
+import { Effect, Metric, References } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
@@ -236,6 +236,73 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
         assert.deepStrictEqual(byGroups, bySingle)
         const ops = yield* ProjectionOps
         assert.deepStrictEqual((yield* ops.drift).drifted, [])
+      }))
+
+    it.effect("a command the database refuses fails alone: its group is retried one command at a time", () =>
+      Effect.gen(function*() {
+        yield* reset
+        const runs = yield* RunCommands
+        const sql = yield* SqlClient.SqlClient
+        const ids = Array.from({ length: 8 }, (_, i) => `pz${i}`)
+        for (const id of ids) yield* runs.appendEvent(id, { type: "run.created", owner_user_id: `pzo${id}` }, undefined)
+        // A row the database refuses (as a constraint or trigger of an operator's might).
+        yield* sql.unsafe(`CREATE FUNCTION runtime.test_poison() RETURNS trigger LANGUAGE plpgsql AS
+          'BEGIN RAISE EXCEPTION ''poison (test trigger)''; END'`)
+        yield* sql.unsafe(`CREATE TRIGGER test_poison BEFORE INSERT ON runtime.run_events FOR EACH ROW
+          WHEN (NEW.payload ? 'poison') EXECUTE FUNCTION runtime.test_poison()`)
+        const dropTrigger = sql.unsafe(`DROP TRIGGER IF EXISTS test_poison ON runtime.run_events`).pipe(
+          Effect.andThen(sql.unsafe(`DROP FUNCTION IF EXISTS runtime.test_poison()`)),
+          Effect.orDie
+        )
+        yield* Effect.gen(function*() {
+          const before = yield* Metric.value(commandGroupEvents)
+          const commands = ids.flatMap((id) => Array.from({ length: 6 }, (_, k) => ({ id, k })))
+          const answers = yield* Effect.forEach(
+            commands,
+            ({ id, k }) =>
+              runs.appendEvent(id, { type: "run.step", payload: id === "pz3" && k === 2 ? { poison: true } : { k } }, undefined).pipe(
+                Effect.map((r) => r.status),
+                Effect.catch((e: ApiError) => Effect.succeed(e.code))
+              ),
+            { concurrency: "unbounded" }
+          )
+          const after = yield* Metric.value(commandGroupEvents)
+          assert.isBelow(after.count - before.count, commands.length, "groups formed")
+          const poisoned = commands.findIndex(({ id, k }) => id === "pz3" && k === 2)
+          assert.strictEqual(answers[poisoned], "internal")
+          assert.deepStrictEqual(answers.filter((_, i) => i !== poisoned), commands.slice(1).map(() => 201))
+          const [n] = yield* sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.run_events WHERE run_id LIKE 'pz%'`
+          assert.strictEqual(Number(n!.n), ids.length + commands.length - 1)
+
+          // Every insert refused (as if the database were down): each failed group tries at most
+          // three commands alone before answering the rest, rather than one transaction each.
+          yield* sql.unsafe(`CREATE SEQUENCE runtime.test_attempts`)
+          yield* sql.unsafe(`CREATE OR REPLACE FUNCTION runtime.test_poison() RETURNS trigger LANGUAGE plpgsql AS
+            'BEGIN PERFORM nextval(''runtime.test_attempts''); RAISE EXCEPTION ''down (test trigger)''; END'`)
+          yield* sql.unsafe(`DROP TRIGGER test_poison ON runtime.run_events`)
+          yield* sql.unsafe(`CREATE TRIGGER test_poison BEFORE INSERT ON runtime.run_events FOR EACH ROW
+            EXECUTE FUNCTION runtime.test_poison()`)
+          const groupsBefore = yield* Metric.value(commandGroupEvents)
+          const down = yield* Effect.forEach(
+            commands,
+            ({ id, k }) =>
+              runs.appendEvent(id, { type: "run.step", payload: { k, down: true } }, undefined).pipe(
+                Effect.map((r) => r.status),
+                Effect.catch((e: ApiError) => Effect.succeed(e.code))
+              ),
+            { concurrency: "unbounded" }
+          )
+          const groupsAfter = yield* Metric.value(commandGroupEvents)
+          assert.deepStrictEqual(down, commands.map(() => "internal"))
+          const transactions = groupsAfter.count - groupsBefore.count
+          const [attempts] = yield* sql<{ n: bigint }>`SELECT last_value AS n FROM runtime.test_attempts`
+          assert.isAtMost(Number(attempts!.n), transactions * 4, "a failed group tries at most 3 commands alone")
+          assert.isBelow(Number(attempts!.n), commands.length + transactions)
+        }).pipe(
+          Effect.ensuring(dropTrigger),
+          Effect.ensuring(sql.unsafe(`DROP SEQUENCE IF EXISTS runtime.test_attempts`).pipe(Effect.orDie)),
+          Effect.provideService(References.MinimumLogLevel, "None")
+        )
       }))
 
     it.effect("concurrent batches and single commands over shared runs and owners: no deadlock, gapless seqs", () =>
