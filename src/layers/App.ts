@@ -3,10 +3,8 @@
  * config, database and HTTP server; tests provide a test config, a fresh database and a test
  * server. Data flow: command → transaction → projector → journal → topic actor → connection.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { ByteSize, Effect, Layer } from "effect"
 import { HttpIncomingMessage, HttpRouter } from "effect/http"
-import { createServer } from "node:http"
 import { CommandRunner } from "../services/CommandRunner.ts"
 import { EventStore } from "../services/EventStore.ts"
 import { Idempotency } from "../services/Idempotency.ts"
@@ -25,7 +23,8 @@ import { JournalFeedLive } from "../services/JournalFeed.ts"
 import { JournalNotifier } from "../services/JournalNotifier.ts"
 import { Retention, RetentionJobLive } from "../services/Retention.ts"
 import { TopicHub } from "../services/TopicHub.ts"
-import { SyncSocketRoute, webSocketServerOptions } from "./http/SyncSocket.ts"
+import { SyncSocketRoute } from "./http/SyncSocket.ts"
+import { nodeHttpServer } from "./http/SyncHttpServer.ts"
 import { KhalaConfig } from "./Config.ts"
 import { CommandRoutes } from "./http/CommandRoutes.ts"
 import { AdminRoutes, HealthRoutes, MetricsRoute } from "./http/OperatorRoutes.ts"
@@ -76,10 +75,5 @@ export const HttpAppLive = HttpRouter.serve(Routes, { disableLogger: true }).pip
 /** The real listening server from config. */
 export const HttpServerLive = Layer.unwrap(Effect.gen(function*() {
   const c = yield* KhalaConfig
-  return NodeHttpServer.layer(createServer, {
-    port: c.port,
-    host: c.host,
-    gracefulShutdownTimeout: "2 seconds",
-    websocket: webSocketServerOptions(c.maxFrameBytes)
-  })
+  return nodeHttpServer({ port: c.port, host: c.host, gracefulShutdownTimeout: "2 seconds", maxFrameBytes: c.maxFrameBytes })
 }))

@@ -3,15 +3,13 @@
  * routes) on a real ephemeral port, over a given database URL. Several nodes over one URL make a
  * multi-node cluster. `nodeUrl` yields the node's base URL.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { PgClient } from "@effect/sql-pg"
 import { Context, Effect, Layer, Redacted } from "effect"
 import { HttpServer } from "effect/http"
-import { createServer } from "node:http"
 import { BackgroundLive, HttpAppLive, ServicesLive } from "../../src/layers/App.ts"
 import { KhalaConfig, type KhalaSettings } from "../../src/layers/Config.ts"
 import { DrainLive } from "../../src/layers/Drain.ts"
-import { webSocketServerOptions } from "../../src/layers/http/SyncSocket.ts"
+import { nodeHttpServer } from "../../src/layers/http/SyncHttpServer.ts"
 import { runMigrations } from "../../src/layers/Migrations.ts"
 import { defaultSettings } from "../../src/layers/Config.ts"
 
@@ -30,12 +28,7 @@ const NodeUrlLive = Layer.effect(
 /** One node over `url` (migrations applied by the node itself, idempotently). */
 export const testNode = (url: string, overrides: Partial<KhalaSettings> = {}) => {
   const maxFrameBytes = overrides.maxFrameBytes ?? defaultSettings.maxFrameBytes
-  const server = NodeHttpServer.layer(createServer, {
-    port: 0,
-    host: "127.0.0.1",
-    gracefulShutdownTimeout: "1 second",
-    websocket: webSocketServerOptions(maxFrameBytes)
-  })
+  const server = nodeHttpServer({ port: 0, host: "127.0.0.1", gracefulShutdownTimeout: "1 second", maxFrameBytes })
   const database = Layer.effectDiscard(runMigrations).pipe(
     Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections: 10 }))
   )

@@ -691,6 +691,38 @@ describe("main cluster", () => {
     it("a supported subprotocol among unsupported ones is chosen", async () => {
       assert.deepStrictEqual(await attempt(["graphql-ws", "khala.v1.json", "khala.v1.proto"]), { opened: "khala.v1.json" })
     })
+
+    it("a draining node ⇒ HTTP 503 server_draining before the upgrade", async () => {
+      const node = await cluster.startNode()
+      try {
+        const drained = await fetch(`${node.http}/internal/v1/khala/drain`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${ADMIN_TOKEN}` }
+        })
+        assert.strictEqual(drained.status, 202, await drained.text())
+        const r = await new Promise<{ status: number; body: string } | { opened: string }>((resolve, reject) => {
+          const ws = new WebSocket(node.ws, ["khala.v1.proto"])
+          ws.on("unexpected-response", (req, res) => {
+            let body = ""
+            res.setEncoding("utf8")
+            res.on("data", (d: string) => (body += d))
+            res.on("end", () => {
+              resolve({ status: res.statusCode ?? 0, body })
+              req.destroy()
+            })
+          })
+          ws.on("open", () => {
+            resolve({ opened: ws.protocol })
+            ws.close()
+          })
+          ws.on("error", reject)
+        })
+        assert.deepInclude(r, { status: 503 })
+        assert.strictEqual(JSON.parse((r as { body: string }).body).error.code, "server_draining")
+      } finally {
+        await node.stop()
+      }
+    })
   })
 
   // -------------------------------------------------------------------------------------------

@@ -4,20 +4,20 @@
  * upgrades and hands the socket to the connection. The same subprotocol choice is made by the
  * `ws` server's `handleProtocols` (see `webSocketServerOptions`), so both sides agree.
  *
- * Idle connections cost no fiber: the upgrade's reader is acquired in a scope of our own (so the
- * socket outlives the request), the `ws` socket is then read through its `message` events
- * (`startConnection` with a `PushSocketPort`) and the route handler returns. The `ws` object is
- * found through `KhalaWebSocket`, the class `webSocketServerOptions` makes the server use; a
- * server built without those options gets the pulled path (`runConnection` in the request fiber).
+ * On a server built by `nodeHttpServer` (the daemon, test nodes), upgrades are answered from the
+ * `upgrade` event (`DirectUpgrades`): no Effect request exists, so none outlives the handshake,
+ * and the connection reads the `ws` socket through its `message` events (`startConnection` with
+ * a `PushSocketPort`), so an idle connection costs no fiber either. Any other server (tests on `NodeHttpServer.layerTest`) upgrades through this route and runs the
+ * pulled path (`runConnection` in the request fiber).
  * Connections still open when the route's layer closes are aborted (Goodbye{server_draining},
  * close).
  */
-import { Effect, Exit, Fiber, Scope } from "effect"
+import { Effect, Exit, Option, Scope } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { Socket } from "effect/socket"
-import type { IncomingMessage } from "node:http"
+import { type IncomingMessage, STATUS_CODES } from "node:http"
 import type { Socket as NetSocket } from "node:net"
-import { WebSocket } from "ws"
+import { WebSocket, WebSocketServer } from "ws"
 import { parseSubprotocolHeader, selectSubprotocol, SUBPROTOCOLS, type Subprotocol } from "../../domain/Protocol.ts"
 import type { EncodedFrame } from "../../domain/Protocol.ts"
 import {
@@ -30,31 +30,12 @@ import {
 } from "../../services/Connection.ts"
 import { Lifecycle } from "../../services/Lifecycle.ts"
 import { json } from "./HttpSupport.ts"
+import { DirectUpgrades, webSocketServerOptions } from "./SyncHttpServer.ts"
 
-const kKhalaWs = Symbol.for("khala/ws")
+export { webSocketServerOptions } from "./SyncHttpServer.ts"
 
-/** The server's WebSocket class: records itself on its TCP socket, where the route finds it. */
-export class KhalaWebSocket extends WebSocket {
-  setSocket(socket: NetSocket, head: Buffer, options: unknown): void {
-    ;(socket as unknown as Record<symbol, unknown>)[kKhalaWs] = this
-    ;(WebSocket.prototype as unknown as { setSocket: (s: NetSocket, h: Buffer, o: unknown) => void }).setSocket.call(
-      this,
-      socket,
-      head,
-      options
-    )
-  }
-}
-
-/** Options for the `ws` server under `NodeHttpServer` (subprotocol choice, read limit, socket class). */
-export const webSocketServerOptions = (maxFrameBytes: number) => ({
-  handleProtocols: (offered: Set<string>) => selectSubprotocol(offered) ?? false,
-  // Frames up to 4× max_frame_bytes are read and answered with payload_too_large (socket stays
-  // open); larger ones are refused by ws itself with close code 1009.
-  maxPayload: maxFrameBytes * 4,
-  perMessageDeflate: false,
-  WebSocket: KhalaWebSocket
-})
+const DRAINING = { error: { code: "server_draining", message: "this node is draining" } }
+const NO_SUBPROTOCOL = { error: { code: "bad_request", message: `offer one of the subprotocols ${SUBPROTOCOLS.join(", ")}` } }
 
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000
 
@@ -146,6 +127,45 @@ class WsPort implements PushSocketPort {
   }
 }
 
+const ignoreSocketError = () => {}
+
+/**
+ * Starts the connection of a directly upgraded socket. A function of its own, so that nothing the
+ * connection keeps (its end callback) closes over the upgrade handler's request and headers.
+ */
+const startDirect = (
+  deps: Effect.Success<typeof connectionDeps>,
+  open: Set<ConnectionHandle>,
+  ws: WebSocket,
+  socket: NetSocket,
+  subprotocol: Subprotocol
+) => {
+  // A protocol violation (an over-long frame: close 1009, a bad opcode: 1002) or a socket error:
+  // ws closes the connection itself and then emits `close`, which ends ours. Unlistened, the
+  // `error` event would be thrown at the process.
+  ws.on("error", ignoreSocketError)
+  const started: { handle: ConnectionHandle | undefined } = { handle: undefined }
+  const onEnded = Effect.sync(() => {
+    if (started.handle !== undefined) open.delete(started.handle)
+    if (ws.readyState === WebSocket.OPEN) ws.close(1000)
+  })
+  Effect.runForkWith(deps.context)(
+    startConnection(deps, new WsPort(ws, socket, subprotocol), onEnded).pipe(
+      Effect.tap((handle) => Effect.sync(() => void open.add((started.handle = handle))))
+    )
+  )
+}
+
+/** Answers an upgrade request with an HTTP error (before any 101) and closes the socket. */
+const refuseUpgrade = (socket: NetSocket, status: number, body: object): true => {
+  const text = JSON.stringify(body)
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\n` +
+      `content-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`
+  )
+  return true
+}
+
 export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
   const lifecycle = yield* Lifecycle
   // Built once: every connection's fibers run in this context (none keeps the request's).
@@ -155,48 +175,44 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
     Effect.forEach([...open], (c) => c.abort, { concurrency: "unbounded", discard: true })
   )
 
+  // On a server built by `nodeHttpServer`, upgrades to this path are answered from the `upgrade`
+  // event itself: nothing of the HTTP request outlives the handshake.
+  const direct = yield* Effect.serviceOption(DirectUpgrades)
+  if (Option.isSome(direct)) {
+    let draining = false
+    const unregister = lifecycle.onDrain(() => void (draining = true))
+    const wss = new WebSocketServer({ noServer: true, ...webSocketServerOptions(deps.config.maxFrameBytes) })
+    direct.value.handler = (request, socket, head) => {
+      const url = request.url ?? ""
+      const query = url.indexOf("?")
+      if ((query < 0 ? url : url.slice(0, query)) !== "/sync/v1") return false
+      if (draining) return refuseUpgrade(socket, 503, DRAINING)
+      const subprotocol = selectSubprotocol(parseSubprotocolHeader(request.headers["sec-websocket-protocol"]))
+      if (subprotocol === undefined) return refuseUpgrade(socket, 400, NO_SUBPROTOCOL)
+      // ws answers malformed handshakes (method, key, version) with its own 400.
+      wss.handleUpgrade(request, socket, head, (ws) => startDirect(deps, open, ws, socket, subprotocol))
+      return true
+    }
+    yield* Effect.addFinalizer(() =>
+      Effect.sync(() => {
+        direct.value.handler = undefined
+        unregister()
+        wss.close()
+      })
+    )
+  }
+
   yield* router.add("GET", "/sync/v1", Effect.gen(function*() {
     const req = yield* HttpServerRequest.HttpServerRequest
-    if (yield* lifecycle.isDraining) {
-      return json({ error: { code: "server_draining", message: "this node is draining" } }, 503)
-    }
+    if (yield* lifecycle.isDraining) return json(DRAINING, 503)
     const subprotocol = selectSubprotocol(parseSubprotocolHeader(req.headers["sec-websocket-protocol"]))
-    if (subprotocol === undefined) {
-      return json({
-        error: { code: "bad_request", message: `offer one of the subprotocols ${SUBPROTOCOLS.join(", ")}` }
-      }, 400)
-    }
+    if (subprotocol === undefined) return json(NO_SUBPROTOCOL, 400)
     const nodeSocket = (req.source as IncomingMessage).socket
-    // Upgraded and started in a fiber of the route's own (shared) context: what the socket and
-    // the connection keep must not include this request's context, which may hold a private copy
-    // of the whole service map (`Effect.provideContext` would merge into yet another copy).
-    const upgrade = Effect.gen(function*() {
-      const socket = yield* req.upgrade
-      // The socket lives in this scope, not the request's: closing it closes the socket.
-      const scope = Scope.makeUnsafe()
-      const reader = yield* Scope.provide(socket.reader, scope).pipe(
-        Effect.onError(() => Scope.close(scope, Exit.void))
-      )
-      const ws = (nodeSocket as unknown as Record<symbol, WebSocket | undefined>)[kKhalaWs]
-      if (ws === undefined) return { socket, reader, scope }
-      // We read the socket ourselves: the effect reader's buffering listener goes.
-      ws.removeAllListeners("message")
-      let handle: ConnectionHandle | undefined
-      handle = yield* startConnection(
-        deps,
-        new WsPort(ws, nodeSocket, subprotocol),
-        Effect.suspend(() => {
-          if (handle !== undefined) open.delete(handle)
-          return Scope.close(scope, Exit.void)
-        })
-      )
-      open.add(handle)
-      return undefined
-    })
-    const upgraded = yield* Fiber.join(Effect.runForkWith(deps.context)(upgrade))
-    if (upgraded === undefined) return HttpServerResponse.empty()
-    const { socket, reader, scope } = upgraded
-    // A server without `webSocketServerOptions`: the pulled path, in this request's fiber.
+    // Not a `nodeHttpServer` (tests on `NodeHttpServer.layerTest`): the pulled path, in this
+    // request's fiber.
+    const socket = yield* req.upgrade
+    const scope = Scope.makeUnsafe()
+    const reader = yield* Scope.provide(socket.reader, scope).pipe(Effect.onError(() => Scope.close(scope, Exit.void)))
     const writer = yield* socket.writer
     const port: SocketPort = {
       subprotocol,
