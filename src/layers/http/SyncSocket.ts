@@ -7,8 +7,9 @@
  * On a server built by `nodeHttpServer` (the daemon, test nodes), upgrades are answered from the
  * `upgrade` event (`DirectUpgrades`): no Effect request exists, so none outlives the handshake,
  * and the connection reads the `ws` socket through its `message` events (`startConnection` with
- * a `PushSocketPort`), so an idle connection costs no fiber either. Any other server (tests on `NodeHttpServer.layerTest`) upgrades through this route and runs the
- * pulled path (`runConnection` in the request fiber).
+ * a `PushSocketPort`), so an idle connection costs no fiber either. Any other server (tests on
+ * `NodeHttpServer.layerTest`) upgrades through this route and runs the pulled path
+ * (`runConnection` in the request fiber).
  * Connections still open when the route's layer closes are aborted (Goodbye{server_draining},
  * close).
  */
@@ -32,10 +33,10 @@ import { Lifecycle } from "../../services/Lifecycle.ts"
 import { json } from "./HttpSupport.ts"
 import { DirectUpgrades, webSocketServerOptions } from "./SyncHttpServer.ts"
 
-export { webSocketServerOptions } from "./SyncHttpServer.ts"
-
 const DRAINING = { error: { code: "server_draining", message: "this node is draining" } }
-const NO_SUBPROTOCOL = { error: { code: "bad_request", message: `offer one of the subprotocols ${SUBPROTOCOLS.join(", ")}` } }
+const NO_SUBPROTOCOL = {
+  error: { code: "bad_request", message: `offer one of the subprotocols ${SUBPROTOCOLS.join(", ")}` }
+}
 
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000
 
@@ -144,14 +145,21 @@ const startDirect = (
   // ws closes the connection itself and then emits `close`, which ends ours. Unlistened, the
   // `error` event would be thrown at the process.
   ws.on("error", ignoreSocketError)
-  const started: { handle: ConnectionHandle | undefined } = { handle: undefined }
+  // `ended` covers a connection that ends while it starts (closed before we listened).
+  const started: { handle: ConnectionHandle | undefined; ended: boolean } = { handle: undefined, ended: false }
   const onEnded = Effect.sync(() => {
+    started.ended = true
     if (started.handle !== undefined) open.delete(started.handle)
     if (ws.readyState === WebSocket.OPEN) ws.close(1000)
   })
   Effect.runForkWith(deps.context)(
     startConnection(deps, new WsPort(ws, socket, subprotocol), onEnded).pipe(
-      Effect.tap((handle) => Effect.sync(() => void open.add((started.handle = handle))))
+      Effect.tap((handle) =>
+        Effect.sync(() => {
+          started.handle = handle
+          if (!started.ended) open.add(handle)
+        })
+      )
     )
   )
 }
