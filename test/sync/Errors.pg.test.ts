@@ -658,9 +658,9 @@ describe("main cluster", () => {
 
   // -------------------------------------------------------------------------------------------
   describe("upgrade refusal", () => {
-    const attempt = (protocols: ReadonlyArray<string> | undefined) =>
+    const attempt = (protocols: ReadonlyArray<string> | undefined, url = main.ws) =>
       new Promise<{ status: number; body: string } | { opened: string }>((resolve, reject) => {
-        const ws = protocols === undefined ? new WebSocket(main.ws) : new WebSocket(main.ws, [...protocols])
+        const ws = protocols === undefined ? new WebSocket(url) : new WebSocket(url, [...protocols])
         ws.on("unexpected-response", (req, res) => {
           let body = ""
           res.setEncoding("utf8")
@@ -700,23 +700,7 @@ describe("main cluster", () => {
           headers: { authorization: `Bearer ${ADMIN_TOKEN}` }
         })
         assert.strictEqual(drained.status, 202, await drained.text())
-        const r = await new Promise<{ status: number; body: string } | { opened: string }>((resolve, reject) => {
-          const ws = new WebSocket(node.ws, ["khala.v1.proto"])
-          ws.on("unexpected-response", (req, res) => {
-            let body = ""
-            res.setEncoding("utf8")
-            res.on("data", (d: string) => (body += d))
-            res.on("end", () => {
-              resolve({ status: res.statusCode ?? 0, body })
-              req.destroy()
-            })
-          })
-          ws.on("open", () => {
-            resolve({ opened: ws.protocol })
-            ws.close()
-          })
-          ws.on("error", reject)
-        })
+        const r = await attempt(["khala.v1.proto"], node.ws)
         assert.deepInclude(r, { status: 503 })
         assert.strictEqual(JSON.parse((r as { body: string }).body).error.code, "server_draining")
       } finally {

@@ -127,13 +127,17 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
       }))
   })
   describe("actor failure", () => {
-    it.effect("an actor that dies of a defect tells its subscribers, fails joins instead of hanging, and the next subscriber gets a fresh actor", () =>
+    /** A run created (its topic holds seqs 1, 2), with the services the tests drive. */
+    const createdRun = (runId: string) =>
       Effect.gen(function*() {
         const runs = yield* RunCommands
-        const hub = yield* TopicHub
-        const journal = yield* Journal
-        yield* runs.appendEvent("af", { type: "run.created", owner_user_id: "u" }, undefined) // seqs 1, 2
-        const epoch = yield* journal.epoch
+        yield* runs.appendEvent(runId, { type: "run.created", owner_user_id: "u" }, undefined)
+        return { runs, hub: yield* TopicHub, epoch: yield* (yield* Journal).epoch }
+      })
+
+    it.effect("an actor that dies of a defect tells its subscribers, fails joins instead of hanging, and the next subscriber gets a fresh actor", () =>
+      Effect.gen(function*() {
+        const { runs, hub, epoch } = yield* createdRun("af") // seqs 1, 2
         // A subscriber whose callback throws (a bug) kills the actor that calls it: here on the
         // first frame after its CaughtUp.
         let offers = 0
@@ -177,11 +181,7 @@ layer(testServices(), { timeout: "120 seconds" })("local delivery", (it) => {
 
     it.effect("a defect while the actor answers a join: that join dies instead of hanging", () =>
       Effect.gen(function*() {
-        const runs = yield* RunCommands
-        const hub = yield* TopicHub
-        const journal = yield* Journal
-        yield* runs.appendEvent("af2", { type: "run.created", owner_user_id: "u" }, undefined) // seqs 1, 2
-        const epoch = yield* journal.epoch
+        const { hub, epoch } = yield* createdRun("af2") // seqs 1, 2
         const watcher = recorder()
         const watcherLease = yield* hub.acquire("run/af2")
         yield* watcherLease.join(watcher.subscriber, epoch, 2, 2)
