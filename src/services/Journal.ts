@@ -88,6 +88,9 @@ export class PendingDelivery extends Context.Service<PendingDelivery, {
   "khala/services/Journal/PendingDelivery"
 ) {}
 
+/** Most encoded bytes one aggregated row of a replay page carries (the driver's limit is 16 MiB). */
+const PAGE_ROW_BYTES = 4 * 1024 * 1024
+
 /** Entries per replay page; page k holds seqs k·REPLAY_PAGE+1 … (k+1)·REPLAY_PAGE. */
 export const REPLAY_PAGE = 2000
 
@@ -305,32 +308,44 @@ export class Journal extends Context.Service<Journal, {
           pageCacheBytes -= v.bytes
         }
       }
+      // Entries per aggregated row of a page: a row must stay well under the driver's largest
+      // message (16 MiB) even when every entry is as large as a frame allows.
+      const pageChunk = Math.max(1, Math.floor(PAGE_ROW_BYTES / Math.max(1, maxEntryBytes)))
       const readPageRows = (topic: string, first: number, encoding: "pb" | "json") => {
         const last = first + REPLAY_PAGE - 1
-        // One row per page: the page's encodings as one array (decoded by the driver in one go,
-        // about half the client CPU of 2000 DataRows) and its seq bounds. Seqs are gapless above
-        // the retention floor, so first..last with count = last − first + 1 names every entry; if
-        // that ever does not hold, the page is read row by row. The epoch comes from the same
-        // statement (one snapshot), so a page is filed under the epoch its rows belong to even if
-        // a rebuild committed meanwhile. The page is a seq range (see `read` for why never
-        // `seq >= first … LIMIT`).
+        // A page comes back as a few rows, each a run of consecutive entries' encodings as one
+        // array (decoded by the driver in one go: about half the client CPU of 2000 DataRows) with
+        // its seq bounds. Seqs are gapless above the retention floor, so lo..hi with count =
+        // hi − lo + 1 names every entry; if that ever does not hold, the page is read row by row.
+        // The epoch comes from the same statement (one snapshot), so a page is filed under the
+        // epoch its rows belong to even if a rebuild committed meanwhile. The page is a seq range
+        // (see `read` for why never `seq >= first … LIMIT`).
         const column = encoding === "pb" ? sql`update_pb` : sql`update_json`
-        return sql<{ epoch: string; lo: bigint | null; hi: bigint | null; n: bigint; items: ReadonlyArray<Uint8Array | string> | null }>`
+        return sql<{ epoch: string; lo: bigint; hi: bigint; n: bigint; items: ReadonlyArray<Uint8Array | string> }>`
           SELECT (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch, min(seq) AS lo, max(seq) AS hi, count(*) AS n,
                  array_agg(${column} ORDER BY seq) AS items
           FROM runtime.sync_stream_events
-          WHERE topic = ${topic} AND seq BETWEEN ${first} AND ${last}`.pipe(
-          Effect.flatMap(([row]) => {
-            const epoch = row?.epoch ?? ""
-            if (row === undefined || row.items === null || row.lo === null) return Effect.succeed({ epoch, rows: [] })
-            const lo = Number(row.lo)
-            if (Number(row.hi) - lo + 1 === Number(row.n) && row.items.length === Number(row.n)) {
-              const rows: Array<StoredEntry> = new Array(row.items.length)
-              for (let i = 0; i < rows.length; i++) {
-                const item = row.items[i]!
-                rows[i] = encoding === "pb"
-                  ? { seq: lo + i, pb: item as Uint8Array, json: "" }
-                  : { seq: lo + i, pb: EMPTY, json: item as string }
+          WHERE topic = ${topic} AND seq BETWEEN ${first} AND ${last}
+          GROUP BY (seq - ${first}) / ${pageChunk}
+          ORDER BY lo`.pipe(
+          Effect.flatMap((chunks) => {
+            const epoch = chunks[0]?.epoch ?? ""
+            const lo = chunks.length > 0 ? Number(chunks[0]!.lo) : 0
+            let n = 0
+            for (const c of chunks) n += c.items.length
+            const contiguous = chunks.length > 0 &&
+              Number(chunks[chunks.length - 1]!.hi) - lo + 1 === n &&
+              chunks.every((c) => c.items.length === Number(c.n))
+            if (chunks.length === 0 || contiguous) {
+              const rows: Array<StoredEntry> = new Array(n)
+              let i = 0
+              for (const c of chunks) {
+                for (const item of c.items) {
+                  rows[i] = encoding === "pb"
+                    ? { seq: lo + i, pb: item as Uint8Array, json: "" }
+                    : { seq: lo + i, pb: EMPTY, json: item as string }
+                  i++
+                }
               }
               return Effect.succeed({ epoch, rows })
             }

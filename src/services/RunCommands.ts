@@ -189,11 +189,12 @@ export class RunCommands extends Context.Service<RunCommands, {
         )
 
       /**
-       * The shared transaction failed in the database. That may be one command's doing (a row the
-       * database refuses) or not (the database is unreachable); so each command is committed alone,
-       * in arrival order, and a poison command fails only itself. After FALLBACK_FAILURES lone
-       * failures in a row the database is taken to be down and the rest get the same answer (a
-       * retryable 500) at once instead of each waiting to fail.
+       * A statement of the shared transaction failed, so it rolled back and nothing of the group
+       * committed. That may be one command's doing (a row the database refuses) or not (the
+       * connection dropped); so each command is committed alone, in arrival order, and a poison
+       * command fails only itself. After FALLBACK_FAILURES lone failures in a row the database is
+       * taken to be down and the rest get the same answer (a retryable 500) at once instead of
+       * each waiting to fail. (When the outcome is unknown — COMMIT failed — nothing is retried.)
        */
       const oneByOne = (items: ReadonlyArray<PendingCommand>, groupError: ApiError) =>
         Effect.gen(function*() {
@@ -223,7 +224,12 @@ export class RunCommands extends Context.Service<RunCommands, {
               ? Effect.map(alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
               // Committed at the latest of its commands' request times (the injected clock's).
               : batches.commitGroup(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
-                Effect.catch((e: ApiError) => e.code === "internal" ? oneByOne(items, e) : Effect.succeed(items.map(() => e)))
+                Effect.catchTag("StatementFailed", (e) =>
+                  Effect.logWarning(`a group of ${items.length} commands failed in the database; committing them one at a time`, e.cause)
+                    .pipe(Effect.andThen(oneByOne(items, apiError("internal", "the command could not be committed; retry it"))))),
+                // BEGIN or COMMIT failed: the group may have committed; every command gets the 500
+                // (a retry with its idempotency key is safe), none is committed again here.
+                Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))
               )
           ))
       })

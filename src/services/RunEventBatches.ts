@@ -14,6 +14,7 @@
  */
 import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
+import type { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { decodeRunSummary, PROJECTION_VERSION } from "../domain/Documents.ts"
 import type { JsonObject } from "../domain/Json.ts"
@@ -37,6 +38,11 @@ const BatchBody = Schema.Struct({
 export type BatchItemResult =
   | { readonly status: 200 | 201; readonly body: JsonObject }
   | { readonly status: number; readonly body: ReturnType<ApiError["toBody"]> }
+
+/** A statement of a group's transaction failed: the transaction rolled back, nothing committed. */
+export class StatementFailed extends Schema.TaggedError<StatementFailed>()("StatementFailed", {
+  cause: Schema.Unknown
+}) {}
 
 /** Internal: item `index` would not fit one sync frame; the batch is retried without it. */
 class ItemTooLarge extends Schema.TaggedError<ItemTooLarge>()("ItemTooLarge", {
@@ -73,13 +79,15 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
   readonly append: (raw: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
   /**
    * Concurrent single-event commands (RunCommands' group commit) in one transaction: answers in
-   * input order, each exactly what the command would answer alone, in that order. Fails (typed)
-   * when the shared transaction itself failed: nothing of the group was committed.
+   * input order, each exactly what the command would answer alone, in that order. Fails with
+   * `StatementFailed` when one of its statements failed (the transaction rolled back: nothing of
+   * the group committed), with a 500 `ApiError` when the outcome is unknown (BEGIN or COMMIT
+   * failed: the group may have committed).
    */
   readonly commitGroup: (
     group: ReadonlyArray<GroupItem>,
     committedAtMs: number
-  ) => Effect.Effect<ReadonlyArray<ItemAnswer>, ApiError>
+  ) => Effect.Effect<ReadonlyArray<ItemAnswer>, ApiError | StatementFailed>
 }>()("khala/services/RunEventBatches") {
   static readonly layer = Layer.effect(
     RunEventBatches,
@@ -352,20 +360,28 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
        * an item whose journal entry would not fit one frame is 413 and the rest is committed
        * without it. Counts every item's outcome. A database failure is every item's answer.
        */
-      const commitItems = (
+      const commitItems = <E = never>(
         command: string,
         items: ReadonlyArray<ValidRunEvent | ApiError>,
         now: number,
-        requestIds: (i: number) => string | undefined
+        requestIds: (i: number) => string | undefined,
+        /** A failing statement becomes this error (rolled back: nothing committed) instead of a 500. */
+        onStatementFailure?: (cause: SqlError) => E
       ) =>
         Effect.gen(function*() {
           const rejected = new Map<number, ApiError>()
           let done: Effect.Success<ReturnType<typeof commit>> | undefined
           while (done === undefined) {
-            done = yield* runner.transact(command, commit(items, rejected, now, requestIds).pipe(
+            const body = commit(items, rejected, now, requestIds).pipe(
               Effect.map((r) => ({ status: 201, body: {}, ...r }))
-            )).pipe(
-              Effect.catchTag("ItemTooLarge", (e) =>
+            )
+            done = yield* runner.transact(
+              command,
+              onStatementFailure === undefined
+                ? body
+                : Effect.catchTag(body, "SqlError", (cause) => Effect.fail(onStatementFailure(cause)))
+            ).pipe(
+              Effect.catchIf((e): e is ItemTooLarge => e instanceof ItemTooLarge, (e) =>
                 Effect.sync(() => {
                   rejected.set(
                     e.index,
@@ -410,7 +426,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
       const commitGroup = (group: ReadonlyArray<GroupItem>, now: number) =>
         Effect.gen(function*() {
           yield* Effect.annotateCurrentSpan({ "khala.group_events": group.length })
-          const result = yield* commitItems("run.group", group.map((g) => g.event), now, (i) => group[i]!.requestId)
+          const result = yield* commitItems("run.group", group.map((g) => g.event), now, (i) => group[i]!.requestId, (cause) => new StatementFailed({ cause }))
           return result.results
         }).pipe(Effect.withSpan("RunEventBatches.commitGroup"))
 

@@ -382,6 +382,8 @@ export const startTopicActor = (options: {
           if (options.tryRetire()) return
           continue
         }
+        // Set before anything below can fail: a defect must still answer this message if it is a Join.
+        handling = next
         if (handle.resyncPending) {
           handle.resyncPending = false
           yield* handleMessage({ _tag: "Resync", epoch: undefined }).pipe(
@@ -389,7 +391,6 @@ export const startTopicActor = (options: {
           )
         }
         const m = next
-        handling = m
         yield* handleMessage(m).pipe(
           Effect.catchTag("SqlError", (e) =>
             Effect.gen(function*() {
@@ -421,7 +422,13 @@ export const startTopicActor = (options: {
       const subscribers = [...live.keys()]
       live.clear()
       handle.stats.subscribers = 0
-      for (const subscriber of subscribers) subscriber.onActorFailed(topic)
+      for (const subscriber of subscribers) {
+        try {
+          subscriber.onActorFailed(topic)
+        } catch {
+          // One broken subscriber must not keep the others (and the pending joins) from hearing.
+        }
+      }
       // Last: completing a reply may run its waiter at once.
       const defect = new Error(`topic ${topic}: its actor failed`)
       for (const reply of joins) Deferred.doneUnsafe(reply, Exit.die(defect))

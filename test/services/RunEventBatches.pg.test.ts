@@ -7,7 +7,7 @@
  * (their encoded wire bytes included), topic heads and stored idempotent responses.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect, Metric, References } from "effect"
+import { Deferred, Effect, Fiber, Metric, References } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
@@ -303,6 +303,61 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
           Effect.ensuring(sql.unsafe(`DROP SEQUENCE IF EXISTS runtime.test_attempts`).pipe(Effect.orDie)),
           Effect.provideService(References.MinimumLogLevel, "None")
         )
+      }))
+
+    it.effect("a group whose COMMIT fails (outcome unknown) is not committed again one by one", () =>
+      Effect.gen(function*() {
+        yield* reset
+        const runs = yield* RunCommands
+        const sql = yield* SqlClient.SqlClient
+        const ids = Array.from({ length: 8 }, (_, i) => `late${i}`)
+        for (const id of ids) yield* runs.appendEvent(id, { type: "run.created", owner_user_id: `lo${id}` }, undefined)
+        // A deferred constraint trigger fails at COMMIT, after every statement succeeded.
+        yield* sql.unsafe(`CREATE FUNCTION runtime.test_late() RETURNS trigger LANGUAGE plpgsql AS
+          'BEGIN RAISE EXCEPTION ''late (test trigger)''; END'`)
+        yield* sql.unsafe(`CREATE CONSTRAINT TRIGGER test_late AFTER INSERT ON runtime.run_events
+          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.payload ? 'late') EXECUTE FUNCTION runtime.test_late()`)
+        const dropTrigger = sql.unsafe(`DROP TRIGGER IF EXISTS test_late ON runtime.run_events`).pipe(
+          Effect.andThen(sql.unsafe(`DROP FUNCTION IF EXISTS runtime.test_late()`)),
+          Effect.orDie
+        )
+        yield* Effect.gen(function*() {
+          const commands = ids.flatMap((id) => Array.from({ length: 6 }, (_, k) => ({ id, k })))
+          // Hold every run's row lock while the commands arrive: the two workers block on their
+          // first commands and the rest gather into one group, the late command among them.
+          const locked = yield* Deferred.make<void>()
+          const holder = yield* Effect.forkChild(sql.withTransaction(Effect.gen(function*() {
+            yield* sql`SELECT run_id FROM runtime.runs WHERE run_id LIKE 'late%' ORDER BY run_id FOR UPDATE`
+            yield* Deferred.succeed(locked, undefined)
+            yield* Effect.promise(() => new Promise((r) => setTimeout(r, 700))) // real time (it.effect runs a TestClock)
+          })))
+          yield* Deferred.await(locked)
+          const before = yield* Metric.value(commandGroupEvents)
+          const answers = yield* Effect.forEach(
+            commands,
+            ({ id, k }) =>
+              runs.appendEvent(id, { type: "run.step", payload: id === "late3" && k === 2 ? { late: true } : { k } }, undefined).pipe(
+                Effect.map((r) => r.status),
+                Effect.catch((e: ApiError) => Effect.succeed(e.code))
+              ),
+            { concurrency: "unbounded" }
+          )
+          yield* Fiber.join(holder)
+          const after = yield* Metric.value(commandGroupEvents)
+          const late = commands.findIndex(({ id, k }) => id === "late3" && k === 2)
+          assert.strictEqual(answers[late], "internal")
+          for (const a of answers) assert.include([201, "internal"], a)
+          // The late command's whole group got the 500: with the outcome unknown, none of it was
+          // committed again alone (the groups: two lone commands, then the rest together).
+          assert.isAtMost(after.count - before.count, 4)
+          assert.isAtLeast(answers.filter((a) => a === "internal").length, commands.length - 4)
+          // What was answered 201 is exactly what was committed: nothing twice, nothing extra.
+          const [n] = yield* sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.run_events WHERE run_id LIKE 'late%'`
+          assert.strictEqual(Number(n!.n), ids.length + answers.filter((a) => a === 201).length)
+          const perRun = yield* sql<{ n: bigint; max: bigint }>`
+            SELECT count(*) AS n, max(seq) AS max FROM runtime.run_events WHERE run_id LIKE 'late%' GROUP BY run_id`
+          for (const r of perRun) assert.strictEqual(Number(r.n), Number(r.max))
+        }).pipe(Effect.ensuring(dropTrigger), Effect.provideService(References.MinimumLogLevel, "None"))
       }))
 
     it.effect("concurrent batches and single commands over shared runs and owners: no deadlock, gapless seqs", () =>

@@ -15,7 +15,7 @@ import { Effect, Option, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import * as jose from "jose"
 import { createServer, type Server } from "node:http"
-import type { AddressInfo } from "node:net"
+import { type AddressInfo, connect } from "node:net"
 import WebSocket from "ws"
 import { ErrorCode } from "../../src/gen/openagents/sync/v1/errors_pb.ts"
 import {
@@ -690,6 +690,26 @@ describe("main cluster", () => {
 
     it("a supported subprotocol among unsupported ones is chosen", async () => {
       assert.deepStrictEqual(await attempt(["graphql-ws", "khala.v1.json", "khala.v1.proto"]), { opened: "khala.v1.json" })
+    })
+
+    it("clients that reset the connection instead of reading the refusal do not hurt the node", async () => {
+      const port = Number(new URL(main.ws).port)
+      for (let i = 0; i < 20; i++) {
+        await new Promise<void>((resolve) => {
+          const socket = connect(port, "127.0.0.1", () => {
+            socket.write(
+              "GET /sync/v1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            // No subprotocol: the node answers 400 — to a socket that is reset at once.
+            socket.resetAndDestroy()
+            resolve()
+          })
+          socket.on("error", () => resolve())
+        })
+      }
+      await new Promise((r) => setTimeout(r, 200))
+      assert.deepStrictEqual(await attempt(["khala.v1.proto"]), { opened: "khala.v1.proto" })
     })
 
     it("a draining node ⇒ HTTP 503 server_draining before the upgrade", async () => {

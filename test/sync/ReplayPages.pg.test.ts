@@ -9,11 +9,11 @@ import { SqlClient } from "effect/sql"
 import { Journal, type JournalDraft, REPLAY_PAGE } from "../../src/services/Journal.ts"
 import { testServices } from "../support/TestApp.ts"
 
-const drafts = (topic: string, n: number): Array<JournalDraft> =>
+const drafts = (topic: string, n: number, docKeyBytes = 0): Array<JournalDraft> =>
   Array.from({ length: n }, (_, i) => ({
     topic,
     kind: "run.event",
-    docKey: `run_event:rp:${i}`,
+    docKey: `run_event:rp:${i}:${"k".repeat(docKeyBytes)}`,
     docVersion: 1,
     occurredAtMs: 1,
     body: { case: undefined }
@@ -65,6 +65,27 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         assert.notInclude(seqs((yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE, "pb")).entries), 2 * REPLAY_PAGE + 200)
         const other = yield* journal.readReplayPage(topic, "another-epoch", 0, "pb")
         assert.notInclude(seqs(other.entries), 10)
+      }))
+
+    it.effect("a page of large entries (20 MB, over the driver's 16 MiB message limit as one row) is read in chunks", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const journal = yield* Journal
+        const topic = "run/rp-large"
+        yield* sql.withTransaction(journal.append(drafts(topic, REPLAY_PAGE, 10_000), 1))
+        const epoch = yield* journal.epoch
+        for (const encoding of ["pb", "json"] as const) {
+          const page = yield* journal.readReplayPage(topic, epoch, 0, encoding)
+          assert.deepStrictEqual(seqs(page.entries), range(1, REPLAY_PAGE))
+          const size = page.entries.reduce((n, e) => n + (encoding === "pb" ? e.pb.byteLength : e.json.length), 0)
+          assert.isAbove(size, 20_000_000)
+        }
+        const rowByRow = yield* journal.read(topic, 0, 10)
+        const page = yield* journal.readReplayPage(topic, epoch, 0, "pb")
+        assert.deepStrictEqual(
+          page.entries.slice(0, 10).map((e) => Buffer.from(e.pb).toString("hex")),
+          rowByRow.map((e) => Buffer.from(e.pb).toString("hex"))
+        )
       }))
   })
 })

@@ -18,7 +18,10 @@ import { createServer, type IncomingMessage } from "node:http"
 import type { Socket as NetSocket } from "node:net"
 import { selectSubprotocol } from "../../domain/Protocol.ts"
 
-/** Claims an `upgrade` event (true) or leaves it to the Effect HTTP server (false). */
+/**
+ * Claims an `upgrade` event (true) or leaves it to the Effect HTTP server (false). Runs inside
+ * Node's HTTP parser callback, so it must not throw.
+ */
 export type UpgradeHandler = (request: IncomingMessage, socket: NetSocket, head: Buffer) => boolean
 
 /** The handler slot of a server built by `nodeHttpServer`; empty until the sync endpoint fills it. */

@@ -166,6 +166,9 @@ const startDirect = (
 
 /** Answers an upgrade request with an HTTP error (before any 101) and closes the socket. */
 const refuseUpgrade = (socket: NetSocket, status: number, body: object): true => {
+  // Node took its own error listener off the socket before the `upgrade` event: a peer that
+  // resets instead of reading the answer must not raise an unhandled `error` at the process.
+  socket.on("error", ignoreSocketError)
   const text = JSON.stringify(body)
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\ncontent-type: application/json\r\n` +
@@ -194,11 +197,17 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
       const url = request.url ?? ""
       const query = url.indexOf("?")
       if ((query < 0 ? url : url.slice(0, query)) !== "/sync/v1") return false
-      if (draining) return refuseUpgrade(socket, 503, DRAINING)
-      const subprotocol = selectSubprotocol(parseSubprotocolHeader(request.headers["sec-websocket-protocol"]))
-      if (subprotocol === undefined) return refuseUpgrade(socket, 400, NO_SUBPROTOCOL)
-      // ws answers malformed handshakes (method, key, version) with its own 400.
-      wss.handleUpgrade(request, socket, head, (ws) => startDirect(deps, open, ws, socket, subprotocol))
+      try {
+        if (draining) return refuseUpgrade(socket, 503, DRAINING)
+        const subprotocol = selectSubprotocol(parseSubprotocolHeader(request.headers["sec-websocket-protocol"]))
+        if (subprotocol === undefined) return refuseUpgrade(socket, 400, NO_SUBPROTOCOL)
+        // ws answers malformed handshakes (method, key, version) with its own 400.
+        wss.handleUpgrade(request, socket, head, (ws) => startDirect(deps, open, ws, socket, subprotocol))
+      } catch (e) {
+        // A bug here must not reach Node's HTTP parser: this one socket is dropped.
+        socket.destroy()
+        Effect.runForkWith(deps.context)(Effect.logError("sync upgrade failed", e))
+      }
       return true
     }
     yield* Effect.addFinalizer(() =>
