@@ -712,9 +712,10 @@ describe("main cluster", () => {
       assert.deepStrictEqual(await attempt(["khala.v1.proto"]), { opened: "khala.v1.proto" })
     })
 
-    it("a draining node ⇒ HTTP 503 server_draining before the upgrade", async () => {
+    it("a draining node ⇒ open connections get Goodbye{server_draining}, new upgrades HTTP 503", async () => {
       const node = await cluster.startNode()
       try {
+        const connected = await open(node, "khala.v1.proto", await mintToken(node, "u-drain", ["sync:admin"]))
         const drained = await fetch(`${node.http}/internal/v1/khala/drain`, {
           method: "POST",
           headers: { authorization: `Bearer ${ADMIN_TOKEN}` }
@@ -723,6 +724,7 @@ describe("main cluster", () => {
         const r = await attempt(["khala.v1.proto"], node.ws)
         assert.deepInclude(r, { status: 503 })
         assert.strictEqual(JSON.parse((r as { body: string }).body).error.code, "server_draining")
+        await expectFatal(connected, ErrorCode.SERVER_DRAINING, 4010)
       } finally {
         await node.stop()
       }
