@@ -224,8 +224,13 @@ export const startTopicActor = (options: {
         for (const ls of live.values()) ls.subscriber.onEpochChanged(topic)
         live.clear()
         handle.stats.subscribers = 0
+        const notified = handle.pendingNotifySeq
         head = (yield* journal.position(topic)).headSeq
         handle.stats.headSeq = head
+        // A notified seq of the old epoch may lie beyond the new head: it would make every later
+        // Notify read for entries that will not come. Lowered only if no notification came in
+        // during the read (one that did may name entries the read did not see yet).
+        if (handle.pendingNotifySeq === notified) handle.pendingNotifySeq = Math.min(notified, head)
       })
 
     /** Takes a local hand-over into the ring; `out` collects what is still to be delivered. */
