@@ -94,6 +94,41 @@ const reset = Effect.gen(function*() {
     runtime.projection_checkpoints, runtime.sync_stream_events, runtime.sync_topic_sequences, runtime.idempotency_keys`
 })
 
+/** After a reset: eight runs `<prefix>0…7`, each on an owner of its own, and six commands per run. */
+const eightRuns = (prefix: string) =>
+  Effect.gen(function*() {
+    yield* reset
+    const runs = yield* RunCommands
+    const ids = Array.from({ length: 8 }, (_, i) => `${prefix}${i}`)
+    for (const id of ids) yield* runs.appendEvent(id, { type: "run.created", owner_user_id: `o-${id}` }, undefined)
+    return { runs, commands: ids.flatMap((id) => Array.from({ length: 6 }, (_, k) => ({ id, k }))) }
+  })
+
+/** Every command issued at once; each answer is its status or its error code. */
+const issueAll = (
+  runs: RunCommands["Service"],
+  commands: ReadonlyArray<{ readonly id: string; readonly k: number }>,
+  payload: (c: { readonly id: string; readonly k: number }) => Record<string, unknown>
+) =>
+  Effect.forEach(
+    commands,
+    (c) =>
+      runs.appendEvent(c.id, { type: "run.step", payload: payload(c) }, undefined).pipe(
+        Effect.map((r): number | string => r.status),
+        Effect.catch((e: ApiError) => Effect.succeed(e.code))
+      ),
+    { concurrency: "unbounded" }
+  )
+
+/** A trigger function `runtime.<name>` that raises; the effect returned drops it with its triggers. */
+const raisingFunction = (name: string, body = "") =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.unsafe(`CREATE OR REPLACE FUNCTION runtime.${name}() RETURNS trigger LANGUAGE plpgsql AS
+      'BEGIN ${body} RAISE EXCEPTION ''${name} (test trigger)''; END'`)
+    return sql.unsafe(`DROP FUNCTION IF EXISTS runtime.${name}() CASCADE`).pipe(Effect.orDie)
+  })
+
 layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run event batches", (it) => {
   describe("equivalence with the single-event command", () => {
     it.effect("random command streams in random batches: the same answers and the same bytes written", () =>
@@ -240,58 +275,31 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
 
     it.effect("a command the database refuses fails alone: its group is retried one command at a time", () =>
       Effect.gen(function*() {
-        yield* reset
-        const runs = yield* RunCommands
+        const { runs, commands } = yield* eightRuns("pz")
         const sql = yield* SqlClient.SqlClient
-        const ids = Array.from({ length: 8 }, (_, i) => `pz${i}`)
-        for (const id of ids) yield* runs.appendEvent(id, { type: "run.created", owner_user_id: `pzo${id}` }, undefined)
         // A row the database refuses (as a constraint or trigger of an operator's might).
-        yield* sql.unsafe(`CREATE FUNCTION runtime.test_poison() RETURNS trigger LANGUAGE plpgsql AS
-          'BEGIN RAISE EXCEPTION ''poison (test trigger)''; END'`)
+        const drop = yield* raisingFunction("test_poison")
         yield* sql.unsafe(`CREATE TRIGGER test_poison BEFORE INSERT ON runtime.run_events FOR EACH ROW
           WHEN (NEW.payload ? 'poison') EXECUTE FUNCTION runtime.test_poison()`)
-        const dropTrigger = sql.unsafe(`DROP TRIGGER IF EXISTS test_poison ON runtime.run_events`).pipe(
-          Effect.andThen(sql.unsafe(`DROP FUNCTION IF EXISTS runtime.test_poison()`)),
-          Effect.orDie
-        )
         yield* Effect.gen(function*() {
           const before = yield* Metric.value(commandGroupEvents)
-          const commands = ids.flatMap((id) => Array.from({ length: 6 }, (_, k) => ({ id, k })))
-          const answers = yield* Effect.forEach(
-            commands,
-            ({ id, k }) =>
-              runs.appendEvent(id, { type: "run.step", payload: id === "pz3" && k === 2 ? { poison: true } : { k } }, undefined).pipe(
-                Effect.map((r) => r.status),
-                Effect.catch((e: ApiError) => Effect.succeed(e.code))
-              ),
-            { concurrency: "unbounded" }
-          )
+          const answers = yield* issueAll(runs, commands, ({ id, k }) => id === "pz3" && k === 2 ? { poison: true } : { k })
           const after = yield* Metric.value(commandGroupEvents)
           assert.isBelow(after.count - before.count, commands.length, "groups formed")
           const poisoned = commands.findIndex(({ id, k }) => id === "pz3" && k === 2)
           assert.strictEqual(answers[poisoned], "internal")
           assert.deepStrictEqual(answers.filter((_, i) => i !== poisoned), commands.slice(1).map(() => 201))
           const [n] = yield* sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.run_events WHERE run_id LIKE 'pz%'`
-          assert.strictEqual(Number(n!.n), ids.length + commands.length - 1)
+          assert.strictEqual(Number(n!.n), 8 + commands.length - 1)
 
           // Every insert refused (as if the database were down): each failed group tries at most
           // three commands alone before answering the rest, rather than one transaction each.
           yield* sql.unsafe(`CREATE SEQUENCE runtime.test_attempts`)
-          yield* sql.unsafe(`CREATE OR REPLACE FUNCTION runtime.test_poison() RETURNS trigger LANGUAGE plpgsql AS
-            'BEGIN PERFORM nextval(''runtime.test_attempts''); RAISE EXCEPTION ''down (test trigger)''; END'`)
-          yield* sql.unsafe(`DROP TRIGGER test_poison ON runtime.run_events`)
-          yield* sql.unsafe(`CREATE TRIGGER test_poison BEFORE INSERT ON runtime.run_events FOR EACH ROW
+          yield* raisingFunction("test_poison", "PERFORM nextval(''runtime.test_attempts'');")
+          yield* sql.unsafe(`CREATE TRIGGER test_down BEFORE INSERT ON runtime.run_events FOR EACH ROW
             EXECUTE FUNCTION runtime.test_poison()`)
           const groupsBefore = yield* Metric.value(commandGroupEvents)
-          const down = yield* Effect.forEach(
-            commands,
-            ({ id, k }) =>
-              runs.appendEvent(id, { type: "run.step", payload: { k, down: true } }, undefined).pipe(
-                Effect.map((r) => r.status),
-                Effect.catch((e: ApiError) => Effect.succeed(e.code))
-              ),
-            { concurrency: "unbounded" }
-          )
+          const down = yield* issueAll(runs, commands, ({ k }) => ({ k, down: true }))
           const groupsAfter = yield* Metric.value(commandGroupEvents)
           assert.deepStrictEqual(down, commands.map(() => "internal"))
           const transactions = groupsAfter.count - groupsBefore.count
@@ -299,7 +307,7 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
           assert.isAtMost(Number(attempts!.n), transactions * 4, "a failed group tries at most 3 commands alone")
           assert.isBelow(Number(attempts!.n), commands.length + transactions)
         }).pipe(
-          Effect.ensuring(dropTrigger),
+          Effect.ensuring(drop),
           Effect.ensuring(sql.unsafe(`DROP SEQUENCE IF EXISTS runtime.test_attempts`).pipe(Effect.orDie)),
           Effect.provideService(References.MinimumLogLevel, "None")
         )
@@ -307,22 +315,13 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
 
     it.effect("a group whose COMMIT fails (outcome unknown) is not committed again one by one", () =>
       Effect.gen(function*() {
-        yield* reset
-        const runs = yield* RunCommands
+        const { runs, commands } = yield* eightRuns("late")
         const sql = yield* SqlClient.SqlClient
-        const ids = Array.from({ length: 8 }, (_, i) => `late${i}`)
-        for (const id of ids) yield* runs.appendEvent(id, { type: "run.created", owner_user_id: `lo${id}` }, undefined)
         // A deferred constraint trigger fails at COMMIT, after every statement succeeded.
-        yield* sql.unsafe(`CREATE FUNCTION runtime.test_late() RETURNS trigger LANGUAGE plpgsql AS
-          'BEGIN RAISE EXCEPTION ''late (test trigger)''; END'`)
+        const drop = yield* raisingFunction("test_late")
         yield* sql.unsafe(`CREATE CONSTRAINT TRIGGER test_late AFTER INSERT ON runtime.run_events
           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.payload ? 'late') EXECUTE FUNCTION runtime.test_late()`)
-        const dropTrigger = sql.unsafe(`DROP TRIGGER IF EXISTS test_late ON runtime.run_events`).pipe(
-          Effect.andThen(sql.unsafe(`DROP FUNCTION IF EXISTS runtime.test_late()`)),
-          Effect.orDie
-        )
         yield* Effect.gen(function*() {
-          const commands = ids.flatMap((id) => Array.from({ length: 6 }, (_, k) => ({ id, k })))
           // Hold every run's row lock while the commands arrive: the two workers block on their
           // first commands and the rest gather into one group, the late command among them.
           const locked = yield* Deferred.make<void>()
@@ -333,15 +332,7 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
           })))
           yield* Deferred.await(locked)
           const before = yield* Metric.value(commandGroupEvents)
-          const answers = yield* Effect.forEach(
-            commands,
-            ({ id, k }) =>
-              runs.appendEvent(id, { type: "run.step", payload: id === "late3" && k === 2 ? { late: true } : { k } }, undefined).pipe(
-                Effect.map((r) => r.status),
-                Effect.catch((e: ApiError) => Effect.succeed(e.code))
-              ),
-            { concurrency: "unbounded" }
-          )
+          const answers = yield* issueAll(runs, commands, ({ id, k }) => id === "late3" && k === 2 ? { late: true } : { k })
           yield* Fiber.join(holder)
           const after = yield* Metric.value(commandGroupEvents)
           const late = commands.findIndex(({ id, k }) => id === "late3" && k === 2)
@@ -353,11 +344,11 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
           assert.isAtLeast(answers.filter((a) => a === "internal").length, commands.length - 4)
           // What was answered 201 is exactly what was committed: nothing twice, nothing extra.
           const [n] = yield* sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.run_events WHERE run_id LIKE 'late%'`
-          assert.strictEqual(Number(n!.n), ids.length + answers.filter((a) => a === 201).length)
+          assert.strictEqual(Number(n!.n), 8 + answers.filter((a) => a === 201).length)
           const perRun = yield* sql<{ n: bigint; max: bigint }>`
             SELECT count(*) AS n, max(seq) AS max FROM runtime.run_events WHERE run_id LIKE 'late%' GROUP BY run_id`
           for (const r of perRun) assert.strictEqual(Number(r.n), Number(r.max))
-        }).pipe(Effect.ensuring(dropTrigger), Effect.provideService(References.MinimumLogLevel, "None"))
+        }).pipe(Effect.ensuring(drop), Effect.provideService(References.MinimumLogLevel, "None"))
       }))
 
     it.effect("concurrent batches and single commands over shared runs and owners: no deadlock, gapless seqs", () =>
