@@ -174,9 +174,7 @@ class Subscription implements Subscriber {
   onActorFailed(topic: string): void {
     // Called as the actor's fiber ends: the client resumes every topic from its cursors elsewhere.
     if (!this.active || this.conn.subscriptions.get(topic) !== this) return
-    this.conn.fork(
-      this.conn.endEffect(protocolError("internal", "topic delivery failed; reconnect and resume", { retryable: true }))
-    )
+    this.conn.fork(this.conn.endEffect(protocolError("internal", "topic delivery failed; reconnect and resume")))
   }
 }
 

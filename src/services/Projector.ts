@@ -170,6 +170,40 @@ export const workerProjectionSpec = (event: WorkerEventRecord): ProjectionSpec<C
   summaryTopics: [workerTopic(event.workerId), userWorkersTopic(event.ownerUserId)]
 })
 
+/** A read-model row as set-based writers (batches, rebuild pages) upsert it. */
+export type DocumentRow = {
+  readonly doc_key: string
+  readonly kind: string
+  readonly entity_id: string
+  readonly owner_user_id: string
+  readonly doc_version: number
+  readonly document: Uint8Array
+  readonly doc_hash: string
+}
+
+/** A checkpoint row as set-based writers upsert it. */
+export type CheckpointRow = {
+  readonly entity_kind: string
+  readonly entity_id: string
+  readonly last_seq: number
+  readonly doc_hash: string
+  readonly projection_version: number
+}
+
+/** Upserts documents (distinct doc keys) in one statement; nothing to do for none. */
+export const upsertDocuments = (sql: SqlClient.SqlClient, rows: ReadonlyArray<DocumentRow>) =>
+  rows.length === 0 ? Effect.void : sql`
+    INSERT INTO runtime.read_models ${sql.insert(rows as [DocumentRow, ...Array<DocumentRow>])}
+    ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
+      doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
+
+/** Upserts checkpoints (distinct entities) in one statement; nothing to do for none. */
+export const upsertCheckpoints = (sql: SqlClient.SqlClient, rows: ReadonlyArray<CheckpointRow>) =>
+  rows.length === 0 ? Effect.void : sql`
+    INSERT INTO runtime.projection_checkpoints ${sql.insert(rows as [CheckpointRow, ...Array<CheckpointRow>])}
+    ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
+      projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
+
 export class Projector extends Context.Service<Projector, {
   readonly applyRun: (
     event: RunEventRecord,
@@ -286,32 +320,22 @@ export class Projector extends Context.Service<Projector, {
             finals.set(spec.docKey, { spec, step, changed: step.changed || prev?.changed === true })
           }
           const changed = [...finals.values()].filter((f) => f.changed)
-          if (changed.length > 0) {
-            const rows = changed.map(({ spec, step }) => ({
-              doc_key: spec.docKey,
-              kind: SUMMARY_KIND[kind],
-              entity_id: spec.entityId,
-              owner_user_id: spec.ownerUserId,
-              doc_version: step.docVersion,
-              document: step.bytes,
-              doc_hash: step.hash
-            }))
-            yield* sql`
-              INSERT INTO runtime.read_models ${sql.insert(rows as [typeof rows[0], ...typeof rows])}
-              ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
-                doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`
-          }
-          const checkpoints = [...finals.values()].map(({ spec, step }) => ({
+          yield* upsertDocuments(sql, changed.map(({ spec, step }) => ({
+            doc_key: spec.docKey,
+            kind: SUMMARY_KIND[kind],
+            entity_id: spec.entityId,
+            owner_user_id: spec.ownerUserId,
+            doc_version: step.docVersion,
+            document: step.bytes,
+            doc_hash: step.hash
+          })))
+          yield* upsertCheckpoints(sql, [...finals.values()].map(({ spec, step }) => ({
             entity_kind: kind,
             entity_id: spec.entityId,
             last_seq: spec.seq,
             doc_hash: step.hash,
             projection_version: PROJECTION_VERSION
-          }))
-          yield* sql`
-            INSERT INTO runtime.projection_checkpoints ${sql.insert(checkpoints as [typeof checkpoints[0], ...typeof checkpoints])}
-            ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
-              projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
+          })))
           // Seqs are allocated per topic in draft order: what one append per event would give.
           yield* journal.appendAll(drafts, committedAtMs, options)
         })

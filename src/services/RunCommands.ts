@@ -225,8 +225,10 @@ export class RunCommands extends Context.Service<RunCommands, {
               // Committed at the latest of its commands' request times (the injected clock's).
               : batches.commitGroup(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
                 Effect.catchTag("StatementFailed", (e) =>
-                  Effect.logWarning(`a group of ${items.length} commands failed in the database; committing them one at a time`, e.cause)
-                    .pipe(Effect.andThen(oneByOne(items, apiError("internal", "the command could not be committed; retry it"))))),
+                  Effect.logWarning(
+                    `a group of ${items.length} commands failed in the database; committing them one at a time`,
+                    e.cause
+                  ).pipe(Effect.andThen(oneByOne(items, apiError("internal", "the command could not be committed; retry it"))))),
                 // BEGIN or COMMIT failed: the group may have committed; every command gets the 500
                 // (a retry with its idempotency key is safe), none is committed again here.
                 Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))

@@ -24,7 +24,14 @@ import { CommandRunner, type CommandResult, decodeBody } from "./CommandRunner.t
 import { type EventRow, toRunRecord } from "./EventStore.ts"
 import { Journal, type JournalDraft, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 import { commandsTotal } from "./Metrics.ts"
-import { projectStep, runProjectionSpec, type StoredDoc, SUMMARY_KIND } from "./Projector.ts"
+import {
+  projectStep,
+  runProjectionSpec,
+  type StoredDoc,
+  SUMMARY_KIND,
+  upsertCheckpoints,
+  upsertDocuments
+} from "./Projector.ts"
 import { lifecycleRejection, validateRunEvent, type ValidRunEvent } from "./RunCommands.ts"
 
 /** Most events one batch may carry. */
@@ -291,32 +298,22 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             // 8. Final documents (changed ones), checkpoints and run state: one statement each.
             const finals = [...touched].map(([runId, t]) => ({ runId, ...t, step: docs.get(runId)! }))
             const changed = finals.filter((f) => f.changed)
-            if (changed.length > 0) {
-              const rows = changed.map((f) => ({
-                doc_key: runDocKey(f.runId),
-                kind: SUMMARY_KIND.run,
-                entity_id: f.runId,
-                owner_user_id: f.ownerUserId,
-                doc_version: f.step.docVersion,
-                document: f.step.bytes!,
-                doc_hash: f.step.hash
-              }))
-              yield* sql`
-                INSERT INTO runtime.read_models ${sql.insert(rows as [typeof rows[0], ...typeof rows])}
-                ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
-                  doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`
-            }
-            const checkpoints = finals.map((f) => ({
+            yield* upsertDocuments(sql, changed.map((f) => ({
+              doc_key: runDocKey(f.runId),
+              kind: SUMMARY_KIND.run,
+              entity_id: f.runId,
+              owner_user_id: f.ownerUserId,
+              doc_version: f.step.docVersion,
+              document: f.step.bytes!,
+              doc_hash: f.step.hash
+            })))
+            yield* upsertCheckpoints(sql, finals.map((f) => ({
               entity_kind: "run",
               entity_id: f.runId,
               last_seq: f.seq,
               doc_hash: f.step.hash,
               projection_version: PROJECTION_VERSION
-            }))
-            yield* sql`
-              INSERT INTO runtime.projection_checkpoints ${sql.insert(checkpoints as [typeof checkpoints[0], ...typeof checkpoints])}
-              ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
-                projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
+            })))
             const ids = finals.map((f) => f.runId)
             yield* sql`
               UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq

@@ -442,7 +442,6 @@ export const startTopicActor = (options: {
       )
     }
 
-
     const launch = () => {
       const self = { parked: false }
       const fiber = Fiber.runIn(Effect.runForkWith(context)(run(self)), options.scope)
