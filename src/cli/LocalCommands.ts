@@ -156,7 +156,7 @@ Options:
           applied: applied.map(([id, name]) => `${id}_${name}`),
           latest: latest === undefined ? null : `${latest[0]}_${latest[1]}`
         }
-      }).pipe(Effect.provide(DatabaseLive.pipe(Layer.provide(KhalaConfig.layer))))
+      }).pipe(Effect.provide(DatabaseLive.pipe(Layer.provide(KhalaConfig.databaseOnlyLayer))))
     )
     const database = external ? "DATABASE_URL" : `embedded Postgres under ${path.resolve(dataDir, "pg")}`
     if (values.json === true) {

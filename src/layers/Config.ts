@@ -193,6 +193,26 @@ export class KhalaConfig extends Context.Service<KhalaConfig, KhalaSettings>()("
     })
   )
 
+  /**
+   * The environment's settings for a tool that only uses the database (`khala migrate`): secrets
+   * are neither required (also under NODE_ENV=production) nor generated; the secret fields hold
+   * random values nothing was ever given, and nothing here serves requests.
+   */
+  static readonly databaseOnlyLayer = Layer.effect(
+    KhalaConfig,
+    Effect.gen(function*() {
+      const { nodeEnv, ...rest } = yield* fromEnv
+      const unusable = () => Redacted.make(crypto.randomBytes(32).toString("base64url"))
+      return KhalaConfig.of({
+        ...rest,
+        production: nodeEnv === "production",
+        serviceToken: Option.getOrElse(rest.serviceToken, unusable),
+        adminToken: Option.getOrElse(rest.adminToken, unusable),
+        syncJwtSecret: rest.syncJwtSecret
+      })
+    })
+  )
+
   /** A fully specified config for tests: defaults plus fixed secrets plus overrides. */
   static readonly layerWith = (overrides: Partial<KhalaSettings> = {}) =>
     Layer.succeed(KhalaConfig, KhalaConfig.of(testSettings(overrides)))

@@ -228,5 +228,15 @@ describe("khala CLI launcher", () => {
     assert.deepStrictEqual(report.applied, [])
     assert.match(report.latest, /^\d+_\w+$/)
     assert.deepStrictEqual(livePostgres(dataDir), [])
+    // It needs the database only: no dev secrets were generated for it.
+    assert.isFalse(fs.existsSync(path.join(dataDir, "dev-secrets.json")))
+  })
+
+  it("khala migrate under NODE_ENV=production needs no secrets", async () => {
+    const dataDir = tempDir("khala-e2e-migrate-prod-")
+    const r = await khala(["migrate", "--json"], { KHALA_DATA_DIR: dataDir, NODE_ENV: "production" })
+    assert.strictEqual(r.code, 0, r.stderr)
+    assert.match((JSON.parse(r.stdout) as { latest: string }).latest, /^\d+_\w+$/)
+    assert.deepStrictEqual(livePostgres(dataDir), [])
   })
 })
