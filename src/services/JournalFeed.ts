@@ -41,6 +41,8 @@ export const JournalFeedLive = Layer.effectDiscard(
     const pg = yield* PgClient.PgClient
     const hub = yield* TopicHub
     const ready = yield* Deferred.make<void>()
+    /** Bumped on every epoch change the listener hears (the reconciler's heads go stale). */
+    let reconcileGeneration = 0
 
     const session = Effect.scoped(
       Effect.gen(function*() {
@@ -54,7 +56,11 @@ export const JournalFeedLive = Layer.effectDiscard(
           for (const n of batch) {
             const message = parseFeedMessage(n.payload)
             if (message === undefined) continue
-            if (message._tag === "Epoch") yield* hub.resyncAll(message.epoch)
+            if (message._tag === "Epoch") {
+              // The reconciler's heads are of the old epoch: forget them (see below).
+              reconcileGeneration++
+              yield* hub.resyncAll(message.epoch)
+            }
             else if (message._tag === "ResyncAll") yield* hub.resyncAll(undefined)
             else {
               yield* hub.notify(message.topic, message.seq)
@@ -77,12 +83,13 @@ export const JournalFeedLive = Layer.effectDiscard(
     const sql = yield* SqlClient.SqlClient
     const { feedReconcileIntervalMs } = yield* KhalaConfig
     let previous = new Map<string, number>()
+    let previousGeneration = reconcileGeneration
     const reconcile = Effect.gen(function*() {
       const local = hub.heads()
-      if (local.length === 0) {
-        previous = new Map()
-        return
-      }
+      // An epoch change since the last read (a rebuild may have lowered heads): its heads say
+      // nothing about this epoch, and would wake actors for entries that will not come.
+      if (local.length === 0 || previousGeneration !== reconcileGeneration) previous = new Map()
+      if (local.length === 0) return
       for (const [topic, head] of local) {
         const seen = previous.get(topic)
         if (seen !== undefined && head < seen) {
@@ -90,10 +97,12 @@ export const JournalFeedLive = Layer.effectDiscard(
           yield* Metric.update(feedReconcileWakeups, 1)
         }
       }
+      const generation = reconcileGeneration
       const rows = yield* sql<{ topic: string; head_seq: bigint }>`
         SELECT topic, head_seq FROM runtime.sync_topic_sequences
         WHERE topic = ANY(${local.map(([t]) => t)}::text[])`
       previous = new Map(rows.map((r) => [r.topic, Number(r.head_seq)]))
+      previousGeneration = generation
     })
     yield* reconcile.pipe(
       Effect.catch((e) => Effect.logWarning("journal reconcile failed; will retry", e)),

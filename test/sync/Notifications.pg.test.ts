@@ -11,7 +11,7 @@ import { KhalaConfig } from "../../src/layers/Config.ts"
 import { parseFeedMessage } from "../../src/services/JournalFeed.ts"
 import { Journal } from "../../src/services/Journal.ts"
 import { RESYNC_ALL_PAYLOAD } from "../../src/services/JournalNotifier.ts"
-import { appendRun, type Cluster, mintToken, startCluster } from "../support/Cluster.ts"
+import { ADMIN_TOKEN, appendRun, type Cluster, mintToken, startCluster } from "../support/Cluster.ts"
 import { WsClient } from "../support/WsClient.ts"
 
 let cluster: Cluster
@@ -81,6 +81,53 @@ describe("journal notifications", () => {
     await appendRun(a!, "nt", { type: "run.step" }) // seqs 6, 7
     await client.until(() => client.seqs("run/nt").length === 7, 10_000, "seqs 6, 7")
     assert.deepStrictEqual(client.seqs("run/nt"), [1, 2, 3, 4, 5, 6, 7])
+    client.close()
+  }, 60_000)
+
+  it("an epoch change makes the reconciler forget the old epoch's heads (no wakeups for entries that will not come)", async () => {
+    const [a, b] = cluster.nodes
+    await appendRun(a!, "ne", { type: "run.created", owner_user_id: "u-ne" }) // run/ne seqs 1, 2
+    const client = new WsClient(b!.ws, "khala.v1.proto")
+    await client.opened
+    client.hello(await mintToken(b!, "u-ne"))
+    client.subscribe("s", [{ topic: "run/ne" }])
+    await client.next("caughtUp")
+    // An entry no command wrote (seq 3), found by node B's reconciler: its heads now say 3.
+    const writer = ManagedRuntime.make(
+      Journal.layer.pipe(
+        Layer.provideMerge(PgClient.layer({ url: Redacted.make(cluster.databaseUrl), maxConnections: 1 })),
+        Layer.provide(KhalaConfig.layerWith())
+      )
+    )
+    try {
+      await writer.runPromise(Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const journal = yield* Journal
+        yield* sql.withTransaction(journal.append([{
+          topic: "run/ne",
+          kind: "run.event",
+          docKey: "run_event:ne:orphan",
+          docVersion: 1,
+          occurredAtMs: 1,
+          body: { case: undefined }
+        }], Date.now(), { notify: false }))
+      }))
+    } finally {
+      await writer.dispose()
+    }
+    await client.until(() => client.seqs("run/ne").length === 3, 10_000, "seq 3 through the reconciler")
+    await new Promise((r) => setTimeout(r, 300)) // a few ticks: the reconciler has read head 3
+    const wakeups = await metric(b!, "khala_feed_reconcile_wakeups_total")
+    // A rebuild drops the orphan: a new epoch whose run/ne head is 2 again.
+    const rebuilt = await fetch(`${a!.http}/internal/v1/khala/projections/rebuild`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}` }
+    })
+    const report = await rebuilt.json() as { epoch_changed: boolean }
+    assert.isTrue(report.epoch_changed)
+    await client.until((frames) => frames.some((f) => f.case === "error"), 10_000, "stale_cursor on the epoch change")
+    await new Promise((r) => setTimeout(r, 1_000)) // ten reconciler ticks
+    assert.strictEqual(await metric(b!, "khala_feed_reconcile_wakeups_total"), wakeups)
     client.close()
   }, 60_000)
 })
