@@ -11,7 +11,7 @@ import { KhalaConfig } from "../../src/layers/Config.ts"
 import { parseFeedMessage } from "../../src/services/JournalFeed.ts"
 import { Journal } from "../../src/services/Journal.ts"
 import { RESYNC_ALL_PAYLOAD } from "../../src/services/JournalNotifier.ts"
-import { ADMIN_TOKEN, appendRun, type Cluster, mintToken, startCluster } from "../support/Cluster.ts"
+import { ADMIN_TOKEN, appendRun, type Cluster, type ClusterNode, mintToken, startCluster } from "../support/Cluster.ts"
 import { WsClient } from "../support/WsClient.ts"
 
 let cluster: Cluster
@@ -29,6 +29,43 @@ const metric = async (node: { http: string }, name: string) => {
   return line === undefined ? 0 : Number(line.split(" ").pop())
 }
 
+/** Commits a journal entry on `topic` that is never announced (as if its node died right after COMMIT). */
+const appendUnannounced = async (topic: string, docKey: string) => {
+  const writer = ManagedRuntime.make(
+    Journal.layer.pipe(
+      Layer.provideMerge(PgClient.layer({ url: Redacted.make(cluster.databaseUrl), maxConnections: 1 })),
+      Layer.provide(KhalaConfig.layerWith())
+    )
+  )
+  try {
+    await writer.runPromise(Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const journal = yield* Journal
+      yield* sql.withTransaction(journal.append([{
+        topic,
+        kind: "run.event",
+        docKey,
+        docVersion: 1,
+        occurredAtMs: 1,
+        body: { case: undefined }
+      }], Date.now(), { notify: false }))
+    }))
+  } finally {
+    await writer.dispose()
+  }
+}
+
+/** A run created on node `a`, and a client on node `b` subscribed to its topic and caught up. */
+const createdAndSubscribed = async (a: ClusterNode, b: ClusterNode, run: string, user: string) => {
+  await appendRun(a, run, { type: "run.created", owner_user_id: user }) // seqs 1, 2
+  const client = new WsClient(b.ws, "khala.v1.proto")
+  await client.opened
+  client.hello(await mintToken(b, user))
+  client.subscribe("s", [{ topic: `run/${run}` }])
+  await client.next("caughtUp")
+  return client
+}
+
 describe("journal notifications", () => {
   it("parses the resync-everything message", () => {
     assert.deepStrictEqual(parseFeedMessage(RESYNC_ALL_PAYLOAD), { _tag: "ResyncAll" })
@@ -37,12 +74,7 @@ describe("journal notifications", () => {
 
   it("delivers another node's commits, and entries whose announcement was lost", async () => {
     const [a, b] = cluster.nodes
-    await appendRun(a!, "nt", { type: "run.created", owner_user_id: "u-nt" }) // run/nt seqs 1, 2
-    const client = new WsClient(b!.ws, "khala.v1.proto")
-    await client.opened
-    client.hello(await mintToken(b!, "u-nt"))
-    client.subscribe("s", [{ topic: "run/nt" }])
-    await client.next("caughtUp")
+    const client = await createdAndSubscribed(a!, b!, "nt", "u-nt")
     assert.deepStrictEqual(client.seqs("run/nt"), [1, 2])
 
     // Committed on node A, announced after the commit, delivered by node B.
@@ -51,28 +83,7 @@ describe("journal notifications", () => {
 
     // A commit that is never announced (as if its node died right after COMMIT).
     const wakeupsBefore = await metric(b!, "khala_feed_reconcile_wakeups_total")
-    const writer = ManagedRuntime.make(
-      Journal.layer.pipe(
-        Layer.provideMerge(PgClient.layer({ url: Redacted.make(cluster.databaseUrl), maxConnections: 1 })),
-        Layer.provide(KhalaConfig.layerWith())
-      )
-    )
-    try {
-      await writer.runPromise(Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        const journal = yield* Journal
-        yield* sql.withTransaction(journal.append([{
-          topic: "run/nt",
-          kind: "run.event",
-          docKey: "run_event:nt:lost",
-          docVersion: 1,
-          occurredAtMs: 1,
-          body: { case: undefined }
-        }], Date.now(), { notify: false }))
-      }))
-    } finally {
-      await writer.dispose()
-    }
+    await appendUnannounced("run/nt", "run_event:nt:lost")
     await client.until(() => client.seqs("run/nt").length === 5, 10_000, "seq 5 through the reconciler")
     assert.deepStrictEqual(client.seqs("run/nt"), [1, 2, 3, 4, 5])
     assert.isAtLeast(await metric(b!, "khala_feed_reconcile_wakeups_total"), wakeupsBefore + 1)
@@ -86,35 +97,9 @@ describe("journal notifications", () => {
 
   it("an epoch change makes the reconciler forget the old epoch's heads (no wakeups for entries that will not come)", async () => {
     const [a, b] = cluster.nodes
-    await appendRun(a!, "ne", { type: "run.created", owner_user_id: "u-ne" }) // run/ne seqs 1, 2
-    const client = new WsClient(b!.ws, "khala.v1.proto")
-    await client.opened
-    client.hello(await mintToken(b!, "u-ne"))
-    client.subscribe("s", [{ topic: "run/ne" }])
-    await client.next("caughtUp")
+    const client = await createdAndSubscribed(a!, b!, "ne", "u-ne")
     // An entry no command wrote (seq 3), found by node B's reconciler: its heads now say 3.
-    const writer = ManagedRuntime.make(
-      Journal.layer.pipe(
-        Layer.provideMerge(PgClient.layer({ url: Redacted.make(cluster.databaseUrl), maxConnections: 1 })),
-        Layer.provide(KhalaConfig.layerWith())
-      )
-    )
-    try {
-      await writer.runPromise(Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        const journal = yield* Journal
-        yield* sql.withTransaction(journal.append([{
-          topic: "run/ne",
-          kind: "run.event",
-          docKey: "run_event:ne:orphan",
-          docVersion: 1,
-          occurredAtMs: 1,
-          body: { case: undefined }
-        }], Date.now(), { notify: false }))
-      }))
-    } finally {
-      await writer.dispose()
-    }
+    await appendUnannounced("run/ne", "run_event:ne:orphan")
     await client.until(() => client.seqs("run/ne").length === 3, 10_000, "seq 3 through the reconciler")
     await new Promise((r) => setTimeout(r, 300)) // a few ticks: the reconciler has read head 3
     const wakeups = await metric(b!, "khala_feed_reconcile_wakeups_total")
