@@ -192,7 +192,8 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
   if (Option.isSome(direct)) {
     let draining = false
     const unregister = lifecycle.onDrain(() => void (draining = true))
-    const wss = new WebSocketServer({ noServer: true, ...webSocketServerOptions(deps.config.maxFrameBytes) })
+    // Connections are tracked (and aborted at shutdown) by `open`, not by ws.
+    const wss = new WebSocketServer({ noServer: true, clientTracking: false, ...webSocketServerOptions(deps.config.maxFrameBytes) })
     direct.value.handler = (request, socket, head) => {
       const url = request.url ?? ""
       const query = url.indexOf("?")
