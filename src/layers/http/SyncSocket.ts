@@ -60,23 +60,37 @@ const destroyAfterHandshakeTimeout = (nodeSocket: NetSocket) => {
   nodeSocket.once("close", () => clearTimeout(timer))
 }
 
-/** The `ws` socket as a push port: messages arrive as events, writes go straight to `ws.send`. */
-class WsPort implements PushSocketPort {
+type PortHandlers = { readonly message: (data: Uint8Array | string) => void; readonly closed: () => void }
+
+/**
+ * The `ws` socket as a push port: messages arrive as events, writes go straight to `ws.send`.
+ * It listens from construction: a message that arrives before the connection listens (a client
+ * sends Hello the moment the socket opens) is kept and handed over first, never dropped.
+ */
+export class WsPort implements PushSocketPort {
   readonly subprotocol: Subprotocol
   private readonly ws: WebSocket
   private readonly nodeSocket: NetSocket
+  private handlers: PortHandlers | undefined
+  private early: Array<Uint8Array | string> | undefined
 
   constructor(ws: WebSocket, nodeSocket: NetSocket, subprotocol: Subprotocol) {
     this.ws = ws
     this.nodeSocket = nodeSocket
     this.subprotocol = subprotocol
+    ws.binaryType = "nodebuffer"
+    ws.on("message", (data: Buffer, isBinary: boolean) => {
+      const message = isBinary ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : data.toString("utf8")
+      if (this.handlers !== undefined) this.handlers.message(message)
+      else (this.early ??= []).push(message)
+    })
   }
 
-  listen(handlers: { readonly message: (data: Uint8Array | string) => void; readonly closed: () => void }): void {
-    this.ws.binaryType = "nodebuffer"
-    this.ws.on("message", (data: Buffer, isBinary: boolean) => {
-      handlers.message(isBinary ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : data.toString("utf8"))
-    })
+  listen(handlers: PortHandlers): void {
+    this.handlers = handlers
+    const early = this.early
+    this.early = undefined
+    if (early !== undefined) for (const message of early) handlers.message(message)
     this.ws.once("close", handlers.closed)
     // Closed before we listened: the event is gone.
     if (this.ws.readyState >= WebSocket.CLOSING) handlers.closed()
