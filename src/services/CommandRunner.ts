@@ -15,6 +15,9 @@ import { JournalNotifier } from "./JournalNotifier.ts"
 import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
 import { TopicHub } from "./TopicHub.ts"
 
+/** The answer to a command the database could not commit: a retryable 500. */
+export const commitFailed = () => apiError("internal", "the command could not be committed; retry it")
+
 export interface CommandResult {
   readonly status: number
   readonly body: JsonObject
@@ -64,7 +67,7 @@ export class CommandRunner extends Context.Service<CommandRunner, {
               (e) =>
                 Metric.update(projectionWriteFailures, 1).pipe(
                   Effect.andThen(Effect.logError(`command ${command} failed in the database`, e)),
-                  Effect.andThen(Effect.fail(apiError("internal", "the command could not be committed; retry it")))
+                  Effect.andThen(Effect.fail(commitFailed()))
                 )
             ),
             Effect.tapError((e) =>

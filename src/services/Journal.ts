@@ -97,7 +97,10 @@ export const REPLAY_PAGE = 2000
 /** A slice of a replay page: entries after the requested seq, and whether the page was full. */
 export interface ReplayPage {
   readonly entries: ReadonlyArray<StoredEntry>
-  /** The page is filled up to its last seq: entries after it may exist. False ⇒ the journal ends inside this page. */
+  /**
+   * The page is filled up to its last seq: entries after it may exist. False ⇒ the journal ends
+   * inside this page.
+   */
   readonly more: boolean
 }
 
@@ -315,14 +318,15 @@ export class Journal extends Context.Service<Journal, {
         const last = first + REPLAY_PAGE - 1
         // A page comes back as a few rows, each a run of consecutive entries' encodings as one
         // array (decoded by the driver in one go: about half the client CPU of 2000 DataRows) with
-        // its seq bounds. Seqs are gapless above the retention floor, so lo..hi with count =
-        // hi − lo + 1 names every entry; if that ever does not hold, the page is read row by row.
+        // its seq bounds. Seqs are gapless above the retention floor, so when the page holds
+        // hi − lo + 1 entries, lo..hi names every one; if that ever does not hold, the page is read
+        // row by row.
         // The epoch comes from the same statement (one snapshot), so a page is filed under the
         // epoch its rows belong to even if a rebuild committed meanwhile. The page is a seq range
         // (see `read` for why never `seq >= first … LIMIT`).
         const column = encoding === "pb" ? sql`update_pb` : sql`update_json`
-        return sql<{ epoch: string; lo: bigint; hi: bigint; n: bigint; items: ReadonlyArray<Uint8Array | string> }>`
-          SELECT (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch, min(seq) AS lo, max(seq) AS hi, count(*) AS n,
+        return sql<{ epoch: string; lo: bigint; hi: bigint; items: ReadonlyArray<Uint8Array | string> }>`
+          SELECT (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch, min(seq) AS lo, max(seq) AS hi,
                  array_agg(${column} ORDER BY seq) AS items
           FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq BETWEEN ${first} AND ${last}
@@ -333,10 +337,7 @@ export class Journal extends Context.Service<Journal, {
             const lo = chunks.length > 0 ? Number(chunks[0]!.lo) : 0
             let n = 0
             for (const c of chunks) n += c.items.length
-            const contiguous = chunks.length > 0 &&
-              Number(chunks[chunks.length - 1]!.hi) - lo + 1 === n &&
-              chunks.every((c) => c.items.length === Number(c.n))
-            if (chunks.length === 0 || contiguous) {
+            if (chunks.length === 0 || Number(chunks[chunks.length - 1]!.hi) - lo + 1 === n) {
               const rows: Array<StoredEntry> = new Array(n)
               let i = 0
               for (const c of chunks) {

@@ -7,6 +7,8 @@ import { Context, Deferred, Effect, Layer, Ref } from "effect"
 
 export class Lifecycle extends Context.Service<Lifecycle, {
   readonly isDraining: Effect.Effect<boolean>
+  /** `isDraining` for synchronous callers (the upgrade handler runs in Node's HTTP parser callback). */
+  readonly drainingNow: () => boolean
   /** Completes when a drain was requested. */
   readonly drainRequested: Deferred.Deferred<void>
   readonly requestDrain: Effect.Effect<void>
@@ -25,7 +27,8 @@ export class Lifecycle extends Context.Service<Lifecycle, {
       const listeners = new Set<() => void>()
       let draining = false
       return Lifecycle.of({
-        isDraining: Deferred.isDone(drainRequested),
+        isDraining: Effect.sync(() => draining),
+        drainingNow: () => draining,
         drainRequested,
         requestDrain: Effect.suspend(() => {
           if (!draining) {

@@ -19,7 +19,7 @@ import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
 import { isStorableJson, isStorableString } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
-import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
+import { CommandRunner, type CommandResult, commitFailed, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore } from "./EventStore.ts"
 import { makeGroupCommitter } from "./GroupCommit.ts"
 import { commandGroupEvents } from "./Metrics.ts"
@@ -228,7 +228,7 @@ export class RunCommands extends Context.Service<RunCommands, {
                   Effect.logWarning(
                     `a group of ${items.length} commands failed in the database; committing them one at a time`,
                     e.cause
-                  ).pipe(Effect.andThen(oneByOne(items, apiError("internal", "the command could not be committed; retry it"))))),
+                  ).pipe(Effect.andThen(oneByOne(items, commitFailed())))),
                 // BEGIN or COMMIT failed: the group may have committed; every command gets the 500
                 // (a retry with its idempotency key is safe), none is committed again here.
                 Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))

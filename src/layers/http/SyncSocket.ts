@@ -33,9 +33,22 @@ import { Lifecycle } from "../../services/Lifecycle.ts"
 import { json } from "./HttpSupport.ts"
 import { DirectUpgrades, webSocketServerOptions } from "./SyncHttpServer.ts"
 
-const DRAINING = { error: { code: "server_draining", message: "this node is draining" } }
-const NO_SUBPROTOCOL = {
-  error: { code: "bad_request", message: `offer one of the subprotocols ${SUBPROTOCOLS.join(", ")}` }
+const SYNC_PATH = "/sync/v1"
+
+/**
+ * Whether an upgrade may proceed, decided before any 101 on both ways in: refused with 503 while
+ * draining, with 400 unless a supported subprotocol is offered; otherwise the subprotocol chosen.
+ */
+const admit = (
+  draining: boolean,
+  protocolHeader: string | Array<string> | undefined
+): { readonly subprotocol: Subprotocol } | { readonly status: 400 | 503; readonly body: object } => {
+  if (draining) return { status: 503, body: { error: { code: "server_draining", message: "this node is draining" } } }
+  const subprotocol = selectSubprotocol(parseSubprotocolHeader(protocolHeader))
+  return subprotocol !== undefined ? { subprotocol } : {
+    status: 400,
+    body: { error: { code: "bad_request", message: `offer one of the subprotocols ${SUBPROTOCOLS.join(", ")}` } }
+  }
 }
 
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000
@@ -204,20 +217,21 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
   // event itself: nothing of the HTTP request outlives the handshake.
   const direct = yield* Effect.serviceOption(DirectUpgrades)
   if (Option.isSome(direct)) {
-    let draining = false
-    const unregister = lifecycle.onDrain(() => void (draining = true))
     // Connections are tracked (and aborted at shutdown) by `open`, not by ws.
-    const wss = new WebSocketServer({ noServer: true, clientTracking: false, ...webSocketServerOptions(deps.config.maxFrameBytes) })
+    const wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      ...webSocketServerOptions(deps.config.maxFrameBytes)
+    })
     direct.value.handler = (request, socket, head) => {
       const url = request.url ?? ""
       const query = url.indexOf("?")
-      if ((query < 0 ? url : url.slice(0, query)) !== "/sync/v1") return false
+      if ((query < 0 ? url : url.slice(0, query)) !== SYNC_PATH) return false
       try {
-        if (draining) return refuseUpgrade(socket, 503, DRAINING)
-        const subprotocol = selectSubprotocol(parseSubprotocolHeader(request.headers["sec-websocket-protocol"]))
-        if (subprotocol === undefined) return refuseUpgrade(socket, 400, NO_SUBPROTOCOL)
+        const admitted = admit(lifecycle.drainingNow(), request.headers["sec-websocket-protocol"])
+        if ("status" in admitted) return refuseUpgrade(socket, admitted.status, admitted.body)
         // ws answers malformed handshakes (method, key, version) with its own 400.
-        wss.handleUpgrade(request, socket, head, (ws) => startDirect(deps, open, ws, socket, subprotocol))
+        wss.handleUpgrade(request, socket, head, (ws) => startDirect(deps, open, ws, socket, admitted.subprotocol))
       } catch (e) {
         // A bug here must not reach Node's HTTP parser: this one socket is dropped.
         socket.destroy()
@@ -228,17 +242,16 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
         direct.value.handler = undefined
-        unregister()
         wss.close()
       })
     )
   }
 
-  yield* router.add("GET", "/sync/v1", Effect.gen(function*() {
+  yield* router.add("GET", SYNC_PATH, Effect.gen(function*() {
     const req = yield* HttpServerRequest.HttpServerRequest
-    if (yield* lifecycle.isDraining) return json(DRAINING, 503)
-    const subprotocol = selectSubprotocol(parseSubprotocolHeader(req.headers["sec-websocket-protocol"]))
-    if (subprotocol === undefined) return json(NO_SUBPROTOCOL, 400)
+    const admitted = admit(yield* lifecycle.isDraining, req.headers["sec-websocket-protocol"])
+    if ("status" in admitted) return json(admitted.body, admitted.status)
+    const subprotocol = admitted.subprotocol
     const nodeSocket = (req.source as IncomingMessage).socket
     // Not a `nodeHttpServer` (tests on `NodeHttpServer.layerTest`): the pulled path, in this
     // request's fiber.
