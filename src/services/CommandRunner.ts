@@ -18,6 +18,11 @@ import { TopicHub } from "./TopicHub.ts"
 /** The answer to a command the database could not commit: a retryable 500. */
 export const commitFailed = () => apiError("internal", "the command could not be committed; retry it")
 
+/** Internal: a statement of a command's transaction failed (so it rolled back). */
+class RolledBack extends Schema.TaggedError<RolledBack>()("RolledBack", { cause: Schema.Unknown }) {
+  declare readonly cause: SqlError
+}
+
 export interface CommandResult {
   readonly status: number
   readonly body: JsonObject
@@ -25,14 +30,17 @@ export interface CommandResult {
 
 export class CommandRunner extends Context.Service<CommandRunner, {
   /**
-   * Runs `body` in one transaction. Database failures become a retryable 500, an oversized
-   * journal entry a 413; any other failure `E` (an ApiError, or a caller's own signal) rolls the
-   * transaction back and is passed through.
+   * Runs `body` in one transaction. Database failures are logged and counted and become a
+   * retryable 500, an oversized journal entry a 413; any other failure `E` (an ApiError, or a
+   * caller's own signal) rolls the transaction back and is passed through. A caller that must tell
+   * "a statement failed, so it rolled back and nothing committed" from "BEGIN or COMMIT failed, the
+   * outcome is unknown" passes `rolledBack`: the first becomes its error instead of the 500.
    */
-  readonly transact: <A extends CommandResult, E, R>(
+  readonly transact: <A extends CommandResult, E, R, F = never>(
     command: string,
-    body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>
-  ) => Effect.Effect<A, E | ApiError, R>
+    body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>,
+    rolledBack?: (cause: SqlError) => F
+  ) => Effect.Effect<A, E | ApiError | F, R>
 }>()("khala/services/CommandRunner") {
   static readonly layer = Layer.effect(
     CommandRunner,
@@ -40,10 +48,15 @@ export class CommandRunner extends Context.Service<CommandRunner, {
       const sql = yield* SqlClient.SqlClient
       const hub = yield* TopicHub
       const notifier = yield* JournalNotifier
-      const transact = <A extends CommandResult, E, R>(
+      const failedInDatabase = (command: string, e: SqlError, what: string) =>
+        Metric.update(projectionWriteFailures, 1).pipe(
+          Effect.andThen(Effect.logError(`command ${command} failed in the database (${what})`, e))
+        )
+      const transact = <A extends CommandResult, E, R, F = never>(
         command: string,
-        body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>
-      ): Effect.Effect<A, E | ApiError, R> =>
+        body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>,
+        rolledBack?: (cause: SqlError) => F
+      ): Effect.Effect<A, E | ApiError | F, R> =>
         Effect.gen(function*() {
           const start = yield* Clock.currentTimeMillis
           const pending: PendingDelivery["Service"] = { epoch: "", committedAtMs: 0, topics: new Map() }
@@ -54,21 +67,27 @@ export class CommandRunner extends Context.Service<CommandRunner, {
             if (pending.topics.size > 0) notifier.announce(pending.committedAtMs, headsOf(pending.topics))
           })
           const result = yield* sql.withTransaction(
-            Effect.provideService(body, PendingDelivery, pending).pipe(Effect.tap(() => sql.afterCommit(handOver)))
+            Effect.provideService(body, PendingDelivery, pending).pipe(
+              Effect.tap(() => sql.afterCommit(handOver)),
+              // A statement of the body failed: the transaction rolls back, nothing committed.
+              Effect.catchIf((e): e is SqlError => e instanceof SqlError, (e) => Effect.fail(new RolledBack({ cause: e })))
+            )
           ).pipe(
+            Effect.catchIf((e): e is RolledBack => e instanceof RolledBack, (e) =>
+              failedInDatabase(command, e.cause, "rolled back").pipe(
+                Effect.andThen(Effect.fail(rolledBack === undefined ? commitFailed() : rolledBack(e.cause)))
+              )),
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
               Effect.fail(
                 apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
                   limit_bytes: e.limit
                 })
               )),
+            // BEGIN or COMMIT failed: whether it committed is unknown; a retry with its
+            // idempotency key is safe.
             Effect.catchIf(
               (e): e is SqlError => e instanceof SqlError,
-              (e) =>
-                Metric.update(projectionWriteFailures, 1).pipe(
-                  Effect.andThen(Effect.logError(`command ${command} failed in the database`, e)),
-                  Effect.andThen(Effect.fail(commitFailed()))
-                )
+              (e) => failedInDatabase(command, e, "at BEGIN or COMMIT").pipe(Effect.andThen(Effect.fail(commitFailed())))
             ),
             Effect.tapError((e) =>
               Metric.update(

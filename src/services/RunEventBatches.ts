@@ -363,7 +363,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
         now: number,
         requestIds: (i: number) => string | undefined,
         /** A failing statement becomes this error (rolled back: nothing committed) instead of a 500. */
-        onStatementFailure?: (cause: SqlError) => E
+        rolledBack?: (cause: SqlError) => E
       ) =>
         Effect.gen(function*() {
           const rejected = new Map<number, ApiError>()
@@ -372,12 +372,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             const body = commit(items, rejected, now, requestIds).pipe(
               Effect.map((r) => ({ status: 201, body: {}, ...r }))
             )
-            done = yield* runner.transact(
-              command,
-              onStatementFailure === undefined
-                ? body
-                : Effect.catchTag(body, "SqlError", (cause) => Effect.fail(onStatementFailure(cause)))
-            ).pipe(
+            done = yield* runner.transact(command, body, rolledBack).pipe(
               Effect.catchIf((e): e is ItemTooLarge => e instanceof ItemTooLarge, (e) =>
                 Effect.sync(() => {
                   rejected.set(
@@ -423,7 +418,13 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
       const commitGroup = (group: ReadonlyArray<GroupItem>, now: number) =>
         Effect.gen(function*() {
           yield* Effect.annotateCurrentSpan({ "khala.group_events": group.length })
-          const result = yield* commitItems("run.group", group.map((g) => g.event), now, (i) => group[i]!.requestId, (cause) => new StatementFailed({ cause }))
+          const result = yield* commitItems(
+            "run.group",
+            group.map((g) => g.event),
+            now,
+            (i) => group[i]!.requestId,
+            (cause) => new StatementFailed({ cause })
+          )
           return result.results
         }).pipe(Effect.withSpan("RunEventBatches.commitGroup"))
 

@@ -11,7 +11,7 @@ import { Deferred, Effect, Fiber, Metric, References } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
-import { commandGroupEvents } from "../../src/services/Metrics.ts"
+import { commandGroupEvents, projectionWriteFailures } from "../../src/services/Metrics.ts"
 import { ProjectionOps } from "../../src/services/ProjectionOps.ts"
 import { RunCommands } from "../../src/services/RunCommands.ts"
 import { type BatchItemResult, MAX_BATCH_EVENTS, RunEventBatches } from "../../src/services/RunEventBatches.ts"
@@ -283,9 +283,12 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
           WHEN (NEW.payload ? 'poison') EXECUTE FUNCTION runtime.test_poison()`)
         yield* Effect.gen(function*() {
           const before = yield* Metric.value(commandGroupEvents)
+          const failuresBefore = yield* Metric.value(projectionWriteFailures)
           const answers = yield* issueAll(runs, commands, ({ id, k }) => id === "pz3" && k === 2 ? { poison: true } : { k })
           const after = yield* Metric.value(commandGroupEvents)
           assert.isBelow(after.count - before.count, commands.length, "groups formed")
+          // Counted as write failures: the failed group transaction and the poison command alone.
+          assert.strictEqual((yield* Metric.value(projectionWriteFailures)).count - failuresBefore.count, 2)
           const poisoned = commands.findIndex(({ id, k }) => id === "pz3" && k === 2)
           assert.strictEqual(answers[poisoned], "internal")
           assert.deepStrictEqual(answers.filter((_, i) => i !== poisoned), commands.slice(1).map(() => 201))
