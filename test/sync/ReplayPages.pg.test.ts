@@ -67,6 +67,20 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         assert.notInclude(seqs(other.entries), 10)
       }))
 
+    it.effect("Journal.read: a seq range; past a compacted gap it finds what follows", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const journal = yield* Journal
+        const topic = "run/rp-read"
+        yield* sql.withTransaction(journal.append(drafts(topic, 10), 1))
+        assert.deepStrictEqual(seqs(yield* journal.read(topic, 2, 3)), [3, 4, 5])
+        assert.deepStrictEqual(seqs(yield* journal.read(topic, 8, 5)), [9, 10])
+        assert.deepStrictEqual(seqs(yield* journal.read(topic, 10, 5)), [])
+        // Entries 1…5 removed under a reader still at 0: the range (0, 3] is empty, the rest is not.
+        yield* sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${topic} AND seq <= 5`
+        assert.deepStrictEqual(seqs(yield* journal.read(topic, 0, 3)), [6, 7, 8])
+      }))
+
     it.effect("a page of large entries (20 MB, over the driver's 16 MiB message limit as one row) is read in chunks", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
