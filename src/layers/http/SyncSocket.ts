@@ -32,6 +32,7 @@ import {
 import { Lifecycle } from "../../services/Lifecycle.ts"
 import { json } from "./HttpSupport.ts"
 import { DirectUpgrades, webSocketServerOptions } from "./SyncHttpServer.ts"
+import { wireFrame } from "./WireFrame.ts"
 
 const SYNC_PATH = "/sync/v1"
 
@@ -76,7 +77,11 @@ const destroyAfterHandshakeTimeout = (nodeSocket: NetSocket) => {
 type PortHandlers = { readonly message: (data: Uint8Array | string) => void; readonly closed: () => void }
 
 /**
- * The `ws` socket as a push port: messages arrive as events, writes go straight to `ws.send`.
+ * The `ws` socket as a push port: messages arrive as events; data frames are written to the TCP
+ * socket as prebuilt wire frames (`WireFrame`), shared by every subscriber of a delivery. That is
+ * what `ws.send` writes too: compression is off (`perMessageDeflate: false`) and nothing but
+ * buffers is sent, so ws's sender never queues and frames cannot interleave; close and ping frames
+ * still go through ws.
  * It listens from construction: a message that arrives before the connection listens (a client
  * sends Hello the moment the socket opens) is kept and handed over first, never dropped.
  */
@@ -120,9 +125,15 @@ export class WsPort implements PushSocketPort {
   write(frames: ReadonlyArray<EncodedFrame>): Effect.Effect<void> {
     return Effect.sync(() => {
       if (frames.length === 0) return
+      // ws.send does nothing after close (its callback-less form only counts the bytes).
+      if (this.ws.readyState !== WebSocket.OPEN) return
+      if (frames.length === 1) {
+        this.nodeSocket.write(wireFrame(frames[0]!))
+        return
+      }
       this.nodeSocket.cork()
       try {
-        for (const f of frames) this.ws.send(f)
+        for (const f of frames) this.nodeSocket.write(wireFrame(f))
       } finally {
         this.nodeSocket.uncork()
       }
@@ -131,7 +142,7 @@ export class WsPort implements PushSocketPort {
 
   writeNow(frame: EncodedFrame): boolean {
     if (this.ws.readyState !== WebSocket.OPEN) return false
-    this.ws.send(frame)
+    this.nodeSocket.write(wireFrame(frame))
     return true
   }
 
