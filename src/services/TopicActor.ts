@@ -12,15 +12,21 @@
  * - Delivery never blocks: a subscriber whose connection is over its bound is dropped here and
  *   evicts itself (`slow_consumer`).
  * - Notifications coalesce into at most one pending `Notify` (the highest seq), so the mailbox
- *   stays bounded no matter how fast commits arrive.
+ *   stays bounded no matter how fast commits arrive. Hand-overs (`Entries`) and resyncs are
+ *   refused when it is full (the caller falls back to a notification / a pending resync); joins
+ *   and leaves are always taken (at most one of each per lease, so they are bounded by the
+ *   subscriptions holding the actor) — a leave is never lost.
  * - A fiber runs only while the mailbox has work: once it is empty (and the topic has
- *   subscribers) the fiber ends and leaves a taker on the mailbox that starts the next one when a
- *   message arrives (`Queue.Taker`, so any producer's offer wakes it). The check and the taker's
- *   registration happen in one step, so at most one fiber owns the state at any time. Without
- *   subscribers the fiber waits up to `idleTtlMs` for a message, then asks to retire.
+ *   subscribers) the fiber ends and the actor is marked parked; the next message schedules a new
+ *   one (`wake`: one `setImmediate` for all actors woken in the same turn, so hand-overs offered
+ *   together are handled together). The check and the parking happen in one synchronous step, so
+ *   at most one fiber owns the state at any time. Without subscribers the fiber waits up to
+ *   `idleTtlMs` for a message, then asks to retire.
+ * - An idle topic costs one object (no closures, no fiber, no queue): a class with its own small
+ *   mailbox, since an idle subscriber usually has a topic of its own.
  */
 import { create } from "@bufbuild/protobuf"
-import { Cause, Deferred, Effect, Exit, Fiber, Queue, Schedule, type Scope } from "effect"
+import { Cause, type Context, Deferred, Effect, Exit, Fiber, Schedule, type Scope } from "effect"
 import { CaughtUpSchema, ServerFrameSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import {
   chunkUpdates,
@@ -89,367 +95,449 @@ interface LiveSubscriber {
   lastSent: number
 }
 
-/** Handle the hub keeps for a running actor. */
-export interface TopicActorHandle {
-  readonly topic: string
-  readonly mailbox: Queue.Queue<ActorMessage>
-  readonly stats: TopicStats
-  /** Highest notified seq not yet read; coalesces notifications. */
-  pendingNotifySeq: number
-  notifyQueued: boolean
-  /** A Resync could not be enqueued (mailbox full): the next Notify performs it. */
-  resyncPending: boolean
-  /** Subscriptions holding this actor (joined or joining). */
-  refCount: number
-}
-
-/** Records a notification; enqueues at most one `Notify` at a time. */
-export const notifyActor = (handle: TopicActorHandle, seq: number) => {
-  if (seq > handle.pendingNotifySeq) handle.pendingNotifySeq = seq
-  if (!handle.notifyQueued) {
-    handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" })
-  }
-}
-
-/**
- * Starts the actor of `handle.topic` in `scope` (its fibers run in the caller's context) and
- * returns at once. `onStopped` is called once when the actor is gone: retired, or its fiber ended
- * abnormally (interrupted with the scope, or a defect: then its subscribers and pending joins are
- * told as well, see `failed`).
- */
-export const startTopicActor = (options: {
-  readonly handle: TopicActorHandle
+/** What every actor of a hub shares (one object per hub, not per topic). */
+export interface ActorEnv {
   readonly journal: Journal["Service"]
   readonly settings: ActorSettings
   readonly idleTtlMs: number
-  /** Called (synchronously) when idle; returns true if the actor may stop (no subscriber raced in). */
-  readonly tryRetire: () => boolean
+  /** Fibers run in this scope (interrupted with it) and context. */
   readonly scope: Scope.Scope
-  readonly onStopped: () => void
-}): Effect.Effect<void> =>
-  Effect.gen(function*() {
-    const { handle, journal, settings } = options
-    const context = yield* Effect.context<never>()
-    const topic = handle.topic
-    const live = new Map<Subscriber, LiveSubscriber>()
-    const ring: Array<StoredEntry> = []
-    let initialized = false
-    let epoch = ""
-    let head = 0
+  readonly context: Context.Context<never>
+  /** Called (synchronously) when idle; returns true if the actor may stop (no subscriber raced in). */
+  readonly tryRetire: (actor: TopicActor) => boolean
+  /**
+   * Called once when the actor is gone: retired, or its fiber ended abnormally (interrupted with
+   * the scope, or a defect: then its subscribers and pending joins are told as well, see `failed`).
+   */
+  readonly onStopped: (actor: TopicActor) => void
+}
 
-    /** A message the Entries batching took from the mailbox but did not handle. */
-    let carry: ActorMessage | undefined
-    /** The message being handled (a defect while handling it must still answer a Join). */
-    let handling: ActorMessage | undefined
+/** Parked actors a message arrived for; started together on the next turn of the event loop. */
+let woken: Array<TopicActor> = []
+const launchWoken = () => {
+  const list = woken
+  woken = []
+  for (const actor of list) actor.launch()
+}
 
-    const ringStart = () => (ring.length > 0 ? ring[0]!.seq : head + 1)
+/** A frame with its size, measured once however many subscribers it goes to. */
+type Sized = { readonly frame: EncodedFrame; readonly bytes: number }
+const sized = (frames: ReadonlyArray<EncodedFrame>): Array<Sized> =>
+  frames.map((frame) => ({ frame, bytes: encodedFrameBytes(frame) }))
 
-    const pushRing = (entries: ReadonlyArray<StoredEntry>) => {
-      for (const e of entries) ring.push(e)
-      const excess = ring.length - settings.ringCapacity
-      if (excess > 0) ring.splice(0, excess)
+/** One topic's actor; the hub keeps it as the topic's handle. */
+export class TopicActor {
+  readonly topic: string
+  readonly stats: TopicStats = { subscribers: 0, deliveredFrames: 0, deliveredBytes: 0, evictions: 0, headSeq: 0 }
+  /** Subscriptions holding this actor (joined or joining). */
+  refCount = 0
+  private readonly env: ActorEnv
+  private readonly capacity: number
+
+  // ---- mailbox (owned by producers and the running fiber; all synchronous)
+  private mailbox: Array<ActorMessage | undefined> = []
+  private mailboxHead = 0
+  private shut = false
+  /** Highest notified seq not yet read; coalesces notifications. */
+  private pendingNotifySeq = 0
+  private notifyQueued = false
+  /** A Resync could not be enqueued (mailbox full): the actor performs it before its next message. */
+  private resyncPending = false
+  /** No fiber runs: the next message schedules one. */
+  private parked = false
+  /** The running fiber waits for a message (no subscribers, idle TTL running). */
+  private idleWaiter: (() => void) | undefined = undefined
+
+  // ---- state (owned by the running fiber)
+  private readonly live = new Map<Subscriber, LiveSubscriber>()
+  private ring: Array<StoredEntry> = []
+  private initialized = false
+  private epoch = ""
+  private head = 0
+  /** A message the Entries batching took from the mailbox but did not handle. */
+  private carry: ActorMessage | undefined = undefined
+  /** The message being handled (a defect while handling it must still answer a Join). */
+  private handling: ActorMessage | undefined = undefined
+
+  constructor(topic: string, env: ActorEnv, mailboxCapacity: number) {
+    this.topic = topic
+    this.env = env
+    this.capacity = mailboxCapacity
+  }
+
+  // ---- producers
+
+  get queueDepth(): number {
+    return this.mailbox.length - this.mailboxHead
+  }
+
+  /** A bounded message (hand-over, resync): false when the mailbox is full or shut. */
+  offer(m: ActorMessage): boolean {
+    if (this.shut || this.queueDepth >= this.capacity) return false
+    this.enqueue(m)
+    return true
+  }
+
+  /** A join or leave: taken unless the actor failed (bounded by the leases holding the actor). */
+  offerControl(m: Extract<ActorMessage, { _tag: "Join" | "Leave" }>): boolean {
+    if (this.shut) return false
+    this.enqueue(m)
+    return true
+  }
+
+  /** Records a notification; enqueues at most one `Notify` at a time. */
+  notify(seq: number): void {
+    if (seq > this.pendingNotifySeq) this.pendingNotifySeq = seq
+    if (!this.notifyQueued) this.notifyQueued = this.offer({ _tag: "Notify" })
+  }
+
+  /** A resync that a full mailbox must not lose: the actor checks the flag before every message. */
+  resync(epoch: string | undefined): void {
+    if (!this.offer({ _tag: "Resync", epoch })) this.resyncPending = true
+  }
+
+  private enqueue(m: ActorMessage) {
+    this.mailbox.push(m)
+    const waiter = this.idleWaiter
+    if (waiter !== undefined) {
+      this.idleWaiter = undefined
+      waiter()
+    } else if (this.parked) {
+      this.parked = false
+      if (woken.push(this) === 1) setImmediate(launchWoken)
     }
+  }
 
-    /** A frame with its size, measured once however many subscribers it goes to. */
-    type Sized = { readonly frame: EncodedFrame; readonly bytes: number }
-    const sized = (frames: ReadonlyArray<EncodedFrame>): Array<Sized> =>
-      frames.map((frame) => ({ frame, bytes: encodedFrameBytes(frame) }))
-
-    const send = (ls: LiveSubscriber, f: Sized) => {
-      if (ls.subscriber.offer(f.frame, f.bytes)) {
-        handle.stats.deliveredFrames++
-        handle.stats.deliveredBytes += f.bytes
-        return true
-      }
-      handle.stats.evictions++
-      live.delete(ls.subscriber)
-      handle.stats.subscribers = live.size
-      return false
+  private take(): ActorMessage | undefined {
+    if (this.mailboxHead >= this.mailbox.length) return undefined
+    const m = this.mailbox[this.mailboxHead]
+    this.mailbox[this.mailboxHead++] = undefined
+    if (this.mailboxHead === this.mailbox.length) {
+      this.mailbox = []
+      this.mailboxHead = 0
+    } else if (this.mailboxHead >= 1024) {
+      this.mailbox.splice(0, this.mailboxHead)
+      this.mailboxHead = 0
     }
+    return m
+  }
 
-    const framesFor = (subprotocol: Subprotocol, entries: ReadonlyArray<StoredEntry>, replay: boolean) =>
-      sized(chunkUpdates(subprotocol, { topic, epoch, replay }, entries, {
-        maxItems: settings.maxItemsPerFrame,
-        maxFrameBytes: settings.maxFrameBytes
-      }))
-
-    /**
-     * Sends entries to every live subscriber: one encoding per subprotocol for the common case.
-     * (Socket-level delivery metrics are counted by each connection's writer, once.)
-     */
-    const deliver = (entries: ReadonlyArray<StoredEntry>) => {
-      if (entries.length === 0 || live.size === 0) return
-      const first = entries[0]!.seq
-      const last = entries[entries.length - 1]!.seq
-      const shared = new Map<Subprotocol, Array<Sized>>()
-      for (const ls of [...live.values()]) {
-        if (ls.lastSent >= last) continue
-        let out: Array<Sized>
-        if (ls.lastSent < first) {
-          out = shared.get(ls.subscriber.subprotocol) ?? framesFor(ls.subscriber.subprotocol, entries, false)
-          shared.set(ls.subscriber.subprotocol, out)
-        } else {
-          out = framesFor(ls.subscriber.subprotocol, entries.filter((e) => e.seq > ls.lastSent), false)
-        }
-        let ok = true
-        for (const f of out) {
-          if (!send(ls, f)) {
-            ok = false
-            break
-          }
-        }
-        if (ok) ls.lastSent = last
-      }
-    }
-
-    /** Reads the journal from `head` up to at least `target` (or until it is exhausted). */
-    const readUpTo = (target: number) =>
-      Effect.gen(function*() {
-        while (head < target) {
-          const rows = yield* journal.read(topic, head, settings.readBatch)
-          if (rows.length === 0) break
-          // A compacted gap (seq jumps past head + 1) cannot happen for entries newer than our
-          // head while subscribers hold positions; take what is there.
-          head = rows[rows.length - 1]!.seq
-          pushRing(rows)
-          deliver(rows)
-        }
-        handle.stats.headSeq = head
+  /** Resolves when a message is in the mailbox (the fiber waits for one without subscribers). */
+  private get awaitMessage(): Effect.Effect<void> {
+    return Effect.callback<void>((resume) => {
+      if (this.queueDepth > 0 || this.shut) return resume(Effect.void)
+      this.idleWaiter = () => resume(Effect.void)
+      return Effect.sync(() => {
+        this.idleWaiter = undefined
       })
-
-    const resetForEpoch = (newEpoch: string) =>
-      Effect.gen(function*() {
-        epoch = newEpoch
-        ring.length = 0
-        for (const ls of live.values()) ls.subscriber.onEpochChanged(topic)
-        live.clear()
-        handle.stats.subscribers = 0
-        const notified = handle.pendingNotifySeq
-        head = (yield* journal.position(topic)).headSeq
-        handle.stats.headSeq = head
-        // A notified seq of the old epoch may lie beyond the new head: it would make every later
-        // Notify read for entries that will not come. Lowered only if no notification came in
-        // during the read (one that did may name entries the read did not see yet).
-        if (handle.pendingNotifySeq === notified) handle.pendingNotifySeq = Math.min(notified, head)
-      })
-
-    /** Takes a local hand-over into the ring; `out` collects what is still to be delivered. */
-    const acceptEntries = (entries: ReadonlyArray<StoredEntry>, out: Array<StoredEntry>) =>
-      Effect.gen(function*() {
-        const last = entries[entries.length - 1]!.seq
-        if (last <= head) return // already read (its notification won the race)
-        if (entries[0]!.seq > head + 1) {
-          // Entries before these are not here yet (another transaction's hand-over is still on
-          // its way): they are committed, so the journal has them.
-          deliver(out.splice(0))
-          yield* readUpTo(last)
-          return
-        }
-        const fresh = entries[0]!.seq > head ? entries : entries.filter((e) => e.seq > head)
-        head = last
-        handle.stats.headSeq = head
-        pushRing(fresh)
-        for (const e of fresh) out.push(e)
-      })
-
-    const onJoin = (m: Extract<ActorMessage, { _tag: "Join" }>) =>
-      Effect.gen(function*() {
-        if (m.epoch !== epoch) {
-          // Our epoch may be older than the subscriber's (a rebuild we have not heard of yet).
-          const current = yield* journal.epoch
-          if (current !== epoch) yield* resetForEpoch(current)
-          if (m.epoch !== epoch) return yield* Deferred.succeed(m.reply, { _tag: "EpochChanged" } as const)
-        }
-        if (head < m.minHeadSeq) yield* readUpTo(m.minHeadSeq)
-        if (m.lastSeq + 1 < ringStart()) {
-          return yield* Deferred.succeed(m.reply, { _tag: "Behind", ringStartSeq: ringStart() } as const)
-        }
-        const ls: LiveSubscriber = { subscriber: m.subscriber, lastSent: m.lastSeq }
-        const missing = ring.filter((e) => e.seq > m.lastSeq)
-        let ok = true
-        for (const f of framesFor(m.subscriber.subprotocol, missing, true)) {
-          if (!send(ls, f)) {
-            ok = false
-            break
-          }
-        }
-        const caughtUpSeq = Math.max(m.lastSeq, missing.length > 0 ? missing[missing.length - 1]!.seq : 0)
-        if (ok) {
-          ls.lastSent = caughtUpSeq
-          const [caughtUp] = sized([encodeServerFrame(
-            m.subscriber.subprotocol,
-            create(ServerFrameSchema, {
-              frame: { case: "caughtUp", value: create(CaughtUpSchema, { topic, seq: BigInt(caughtUpSeq) }) }
-            })
-          )])
-          if (send(ls, caughtUp!)) live.set(m.subscriber, ls)
-        }
-        handle.stats.subscribers = live.size
-        yield* Deferred.succeed(m.reply, { _tag: "Joined", caughtUpSeq } as const)
-      })
-
-    const handleMessage = (m: ActorMessage): Effect.Effect<void, SqlError> =>
-      Effect.gen(function*() {
-        switch (m._tag) {
-          case "Notify": {
-            handle.notifyQueued = false
-            yield* readUpTo(handle.pendingNotifySeq)
-            return
-          }
-          case "Entries": {
-            // Adaptive batching: hand-overs that queued up while we were busy go out together, as
-            // one frame per subscriber instead of one per commit. An idle actor sends at once.
-            const out: Array<StoredEntry> = []
-            let m2: ActorMessage | undefined = m
-            while (m2 !== undefined && m2._tag === "Entries") {
-              if (m2.epoch !== epoch) {
-                // Written in another epoch than ours (a rebuild we have not heard of yet, or a
-                // hand-over that arrived after we moved on): never deliver across epochs.
-                deliver(out.splice(0))
-                m2 = { _tag: "Resync", epoch: undefined }
-                break
-              }
-              yield* acceptEntries(m2.entries, out)
-              m2 = undefined
-              if (out.length >= settings.maxItemsPerFrame) break
-              const more = Queue.takeUnsafe(handle.mailbox)
-              if (more !== undefined && more._tag === "Success") m2 = more.value
-            }
-            // A message taken past the run is handled next by the main loop (with its error handling).
-            carry = m2
-            deliver(out)
-            return
-          }
-          case "Join":
-            return yield* onJoin(m)
-          case "Leave":
-            if (m.evicted && live.has(m.subscriber)) handle.stats.evictions++
-            live.delete(m.subscriber)
-            handle.stats.subscribers = live.size
-            return
-          case "Resync": {
-            const current = m.epoch ?? (yield* journal.epoch)
-            if (current !== epoch) yield* resetForEpoch(current)
-            else {
-              // Same epoch (e.g. a rebuild that kept seqs, or a listener reconnect): re-read.
-              ring.length = 0
-              const position = yield* journal.position(topic)
-              if (position.headSeq > head) yield* readUpTo(position.headSeq)
-              else head = position.headSeq
-            }
-            return
-          }
-        }
-      })
-
-    // The first reads retry: an actor must never die with leases (and their pending joins) on it.
-    const initialize = Effect.gen(function*() {
-      const initial = yield* journal.position(topic).pipe(
-        Effect.tapError((e) => Effect.logWarning(`topic ${topic}: reading its position failed; retrying`, e)),
-        Effect.retry(Schedule.spaced("200 millis"))
-      )
-      epoch = initial.epoch
-      head = initial.headSeq
-      initialized = true
     })
+  }
 
-    /** Mailbox empty, subscribers present: end this fiber; the next message starts another. */
-    const park = (run: { parked: boolean }): boolean => {
-      const state = handle.mailbox.state
-      if (state._tag !== "Open" || Queue.sizeUnsafe(handle.mailbox) > 0) return false
-      run.parked = true
-      state.takers.add({ ready: () => Queue.sizeUnsafe(handle.mailbox) > 0, resume: () => launch() })
+  // ---- delivery
+
+  private ringStart(): number {
+    return this.ring.length > 0 ? this.ring[0]!.seq : this.head + 1
+  }
+
+  private pushRing(entries: ReadonlyArray<StoredEntry>) {
+    for (const e of entries) this.ring.push(e)
+    const excess = this.ring.length - this.env.settings.ringCapacity
+    if (excess > 0) this.ring.splice(0, excess)
+  }
+
+  private send(ls: LiveSubscriber, f: Sized): boolean {
+    if (ls.subscriber.offer(f.frame, f.bytes)) {
+      this.stats.deliveredFrames++
+      this.stats.deliveredBytes += f.bytes
       return true
     }
+    this.stats.evictions++
+    this.live.delete(ls.subscriber)
+    this.stats.subscribers = this.live.size
+    return false
+  }
 
-    /** Handles messages until the mailbox is empty (parked) or the actor retires. */
-    const run = (self: { parked: boolean }) => Effect.gen(function*() {
-      if (!initialized) yield* initialize
+  private framesFor(subprotocol: Subprotocol, entries: ReadonlyArray<StoredEntry>, replay: boolean) {
+    const settings = this.env.settings
+    return sized(chunkUpdates(subprotocol, { topic: this.topic, epoch: this.epoch, replay }, entries, {
+      maxItems: settings.maxItemsPerFrame,
+      maxFrameBytes: settings.maxFrameBytes
+    }))
+  }
+
+  /**
+   * Sends entries to every live subscriber: one encoding per subprotocol for the common case.
+   * (Socket-level delivery metrics are counted by each connection's writer, once.)
+   */
+  private deliver(entries: ReadonlyArray<StoredEntry>) {
+    if (entries.length === 0 || this.live.size === 0) return
+    const first = entries[0]!.seq
+    const last = entries[entries.length - 1]!.seq
+    const shared = new Map<Subprotocol, Array<Sized>>()
+    for (const ls of [...this.live.values()]) {
+      if (ls.lastSent >= last) continue
+      let out: Array<Sized>
+      if (ls.lastSent < first) {
+        out = shared.get(ls.subscriber.subprotocol) ?? this.framesFor(ls.subscriber.subprotocol, entries, false)
+        shared.set(ls.subscriber.subprotocol, out)
+      } else {
+        out = this.framesFor(ls.subscriber.subprotocol, entries.filter((e) => e.seq > ls.lastSent), false)
+      }
+      let ok = true
+      for (const f of out) {
+        if (!this.send(ls, f)) {
+          ok = false
+          break
+        }
+      }
+      if (ok) ls.lastSent = last
+    }
+  }
+
+  /** Reads the journal from `head` up to at least `target` (or until it is exhausted). */
+  private readUpTo(target: number): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      while (this.head < target) {
+        const rows = yield* this.env.journal.read(this.topic, this.head, this.env.settings.readBatch)
+        if (rows.length === 0) break
+        // A compacted gap (seq jumps past head + 1) cannot happen for entries newer than our
+        // head while subscribers hold positions; take what is there.
+        this.head = rows[rows.length - 1]!.seq
+        this.pushRing(rows)
+        this.deliver(rows)
+      }
+      this.stats.headSeq = this.head
+    })
+  }
+
+  private resetForEpoch(newEpoch: string): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      this.epoch = newEpoch
+      this.ring = []
+      for (const ls of this.live.values()) ls.subscriber.onEpochChanged(this.topic)
+      this.live.clear()
+      this.stats.subscribers = 0
+      const notified = this.pendingNotifySeq
+      this.head = (yield* this.env.journal.position(this.topic)).headSeq
+      this.stats.headSeq = this.head
+      // A notified seq of the old epoch may lie beyond the new head: it would make every later
+      // Notify read for entries that will not come. Lowered only if no notification came in
+      // during the read (one that did may name entries the read did not see yet).
+      if (this.pendingNotifySeq === notified) this.pendingNotifySeq = Math.min(notified, this.head)
+    })
+  }
+
+  /** Takes a local hand-over into the ring; `out` collects what is still to be delivered. */
+  private acceptEntries(entries: ReadonlyArray<StoredEntry>, out: Array<StoredEntry>): Effect.Effect<void, SqlError> {
+    const last = entries[entries.length - 1]!.seq
+    if (last <= this.head) return Effect.void // already read (its notification won the race)
+    if (entries[0]!.seq > this.head + 1) {
+      // Entries before these are not here yet (another transaction's hand-over is still on
+      // its way): they are committed, so the journal has them.
+      this.deliver(out.splice(0))
+      return this.readUpTo(last)
+    }
+    const fresh = entries[0]!.seq > this.head ? entries : entries.filter((e) => e.seq > this.head)
+    this.head = last
+    this.stats.headSeq = last
+    this.pushRing(fresh)
+    for (const e of fresh) out.push(e)
+    return Effect.void
+  }
+
+  private onJoin(m: Extract<ActorMessage, { _tag: "Join" }>): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      if (m.epoch !== this.epoch) {
+        // Our epoch may be older than the subscriber's (a rebuild we have not heard of yet).
+        const current = yield* this.env.journal.epoch
+        if (current !== this.epoch) yield* this.resetForEpoch(current)
+        if (m.epoch !== this.epoch) return yield* Deferred.succeed(m.reply, { _tag: "EpochChanged" } as const)
+      }
+      if (this.head < m.minHeadSeq) yield* this.readUpTo(m.minHeadSeq)
+      if (m.lastSeq + 1 < this.ringStart()) {
+        return yield* Deferred.succeed(m.reply, { _tag: "Behind", ringStartSeq: this.ringStart() } as const)
+      }
+      const ls: LiveSubscriber = { subscriber: m.subscriber, lastSent: m.lastSeq }
+      const missing = this.ring.filter((e) => e.seq > m.lastSeq)
+      let ok = true
+      for (const f of this.framesFor(m.subscriber.subprotocol, missing, true)) {
+        if (!this.send(ls, f)) {
+          ok = false
+          break
+        }
+      }
+      const caughtUpSeq = Math.max(m.lastSeq, missing.length > 0 ? missing[missing.length - 1]!.seq : 0)
+      if (ok) {
+        ls.lastSent = caughtUpSeq
+        const [caughtUp] = sized([encodeServerFrame(
+          m.subscriber.subprotocol,
+          create(ServerFrameSchema, {
+            frame: { case: "caughtUp", value: create(CaughtUpSchema, { topic: this.topic, seq: BigInt(caughtUpSeq) }) }
+          })
+        )])
+        if (this.send(ls, caughtUp!)) this.live.set(m.subscriber, ls)
+      }
+      this.stats.subscribers = this.live.size
+      yield* Deferred.succeed(m.reply, { _tag: "Joined", caughtUpSeq } as const)
+    })
+  }
+
+  /** Adaptive batching: hand-overs that queued up while we were busy go out together. */
+  private onEntries(first: Extract<ActorMessage, { _tag: "Entries" }>): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      // One frame per subscriber instead of one per commit. An idle actor sends at once.
+      const out: Array<StoredEntry> = []
+      let m2: ActorMessage | undefined = first
+      while (m2 !== undefined && m2._tag === "Entries") {
+        if (m2.epoch !== this.epoch) {
+          // Written in another epoch than ours (a rebuild we have not heard of yet, or a
+          // hand-over that arrived after we moved on): never deliver across epochs.
+          this.deliver(out.splice(0))
+          m2 = { _tag: "Resync", epoch: undefined }
+          break
+        }
+        yield* this.acceptEntries(m2.entries, out)
+        m2 = undefined
+        if (out.length >= this.env.settings.maxItemsPerFrame) break
+        m2 = this.take()
+      }
+      // A message taken past the run is handled next by the main loop (with its error handling).
+      this.carry = m2
+      this.deliver(out)
+    })
+  }
+
+  private onResync(epoch: string | undefined): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      const current = epoch ?? (yield* this.env.journal.epoch)
+      if (current !== this.epoch) yield* this.resetForEpoch(current)
+      else {
+        // Same epoch (e.g. a rebuild that kept seqs, or a listener reconnect): re-read.
+        this.ring = []
+        const position = yield* this.env.journal.position(this.topic)
+        if (position.headSeq > this.head) yield* this.readUpTo(position.headSeq)
+        else this.head = position.headSeq
+      }
+    })
+  }
+
+  private handleMessage(m: ActorMessage): Effect.Effect<void, SqlError> {
+    switch (m._tag) {
+      case "Notify":
+        this.notifyQueued = false
+        return this.readUpTo(this.pendingNotifySeq)
+      case "Entries":
+        return this.onEntries(m)
+      case "Join":
+        return this.onJoin(m)
+      case "Leave":
+        if (m.evicted && this.live.has(m.subscriber)) this.stats.evictions++
+        this.live.delete(m.subscriber)
+        this.stats.subscribers = this.live.size
+        return Effect.void
+      case "Resync":
+        return this.onResync(m.epoch)
+    }
+  }
+
+  // ---- the fiber
+
+  // The first reads retry: an actor must never die with leases (and their pending joins) on it.
+  private get initialize(): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      const initial = yield* this.env.journal.position(this.topic).pipe(
+        Effect.tapError((e) => Effect.logWarning(`topic ${this.topic}: reading its position failed; retrying`, e)),
+        Effect.retry(Schedule.spaced("200 millis"))
+      )
+      this.epoch = initial.epoch
+      this.head = initial.headSeq
+      this.initialized = true
+    })
+  }
+
+  /** Handles messages until the mailbox is empty (parked) or the actor retires. */
+  private get run(): Effect.Effect<void, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      if (!this.initialized) yield* this.initialize
       while (true) {
-        const carried = carry
-        carry = undefined
-        let next: ActorMessage | undefined = carried
+        let next: ActorMessage | undefined = this.carry
+        this.carry = undefined
         if (next === undefined) {
-          const taken = Queue.takeUnsafe(handle.mailbox)
-          if (taken !== undefined && taken._tag === "Success") next = taken.value
-          else if (taken !== undefined) return // the mailbox was shut down: the actor is over
-          else if (handle.refCount > 0) {
-            if (park(self)) return
+          if (this.shut) return // the actor failed: it is over
+          next = this.take()
+          if (next === undefined) {
+            if (this.refCount > 0) {
+              // Mailbox empty, subscribers present: end this fiber; the next message starts another.
+              this.parked = true
+              return
+            }
+            const got = yield* Effect.timeoutOption(this.awaitMessage, this.env.idleTtlMs)
+            // Retire only with nothing queued (a message may have come in as the wait timed out).
+            if (got._tag === "None" && this.queueDepth === 0 && this.env.tryRetire(this)) return
             continue
-          } else {
-            next = yield* Effect.map(
-              Effect.timeoutOption(Queue.take(handle.mailbox), options.idleTtlMs),
-              (o) => (o._tag === "Some" ? o.value : undefined)
-            )
           }
         }
-        if (next === undefined) {
-          if (options.tryRetire()) return
-          continue
-        }
         // Set before anything below can fail: a defect must still answer this message if it is a Join.
-        handling = next
-        if (handle.resyncPending) {
-          handle.resyncPending = false
-          yield* handleMessage({ _tag: "Resync", epoch: undefined }).pipe(
-            Effect.catch(() => Effect.sync(() => void (handle.resyncPending = true)))
+        this.handling = next
+        if (this.resyncPending) {
+          this.resyncPending = false
+          yield* this.onResync(undefined).pipe(
+            Effect.catch(() => Effect.sync(() => void (this.resyncPending = true)))
           )
         }
         const m = next
-        yield* handleMessage(m).pipe(
+        yield* this.handleMessage(m).pipe(
           Effect.catchTag("SqlError", (e) =>
-            Effect.gen(function*() {
-              yield* Effect.logWarning(`topic ${topic}: journal read failed; will retry`, e)
+            Effect.gen({ self: this }, function*() {
+              yield* Effect.logWarning(`topic ${this.topic}: journal read failed; will retry`, e)
               if (m._tag === "Join") yield* Deferred.fail(m.reply, e).pipe(Effect.ignore)
               yield* Effect.sleep("200 millis")
-              handle.notifyQueued = Queue.offerUnsafe(handle.mailbox, { _tag: "Notify" }) || handle.notifyQueued
+              this.notifyQueued = this.offer({ _tag: "Notify" }) || this.notifyQueued
             }))
         )
-        handling = undefined
+        this.handling = undefined
       }
-    }).pipe(Effect.annotateLogs({ topic }))
+    }).pipe(Effect.annotateLogs({ topic: this.topic }))
+  }
 
-    /**
-     * The fiber died of a defect: nothing may wait on this actor. The hub forgets it (the next
-     * subscriber starts a fresh one), queued joins die (their connections end with `internal`),
-     * the mailbox is shut (later offers return false at once; a lease's join then dies too), and
-     * every live subscriber is told.
-     */
-    const failed = (cause: Cause.Cause<unknown>) => {
-      options.onStopped()
-      const joins: Array<Deferred.Deferred<JoinResult, SqlError>> = []
-      for (const m of [handling, carry]) if (m?._tag === "Join") joins.push(m.reply)
-      handling = carry = undefined
-      for (let t = Queue.takeUnsafe(handle.mailbox); t !== undefined && t._tag === "Success"; t = Queue.takeUnsafe(handle.mailbox)) {
-        if (t.value._tag === "Join") joins.push(t.value.reply)
+  /**
+   * The fiber died of a defect: nothing may wait on this actor. The hub forgets it (the next
+   * subscriber starts a fresh one), queued joins die (their connections end with `internal`),
+   * the mailbox is shut (later offers return false at once; a lease's join then dies too), and
+   * every live subscriber is told.
+   */
+  private failed(cause: Cause.Cause<unknown>) {
+    this.env.onStopped(this)
+    const joins: Array<Deferred.Deferred<JoinResult, SqlError>> = []
+    for (const m of [this.handling, this.carry]) if (m?._tag === "Join") joins.push(m.reply)
+    this.handling = this.carry = undefined
+    for (let m = this.take(); m !== undefined; m = this.take()) if (m._tag === "Join") joins.push(m.reply)
+    this.shut = true
+    const subscribers = [...this.live.keys()]
+    this.live.clear()
+    this.stats.subscribers = 0
+    for (const subscriber of subscribers) {
+      try {
+        subscriber.onActorFailed(this.topic)
+      } catch {
+        // One broken subscriber must not keep the others (and the pending joins) from hearing.
       }
-      Queue.shutdownUnsafe(handle.mailbox)
-      const subscribers = [...live.keys()]
-      live.clear()
-      handle.stats.subscribers = 0
-      for (const subscriber of subscribers) {
-        try {
-          subscriber.onActorFailed(topic)
-        } catch {
-          // One broken subscriber must not keep the others (and the pending joins) from hearing.
-        }
-      }
-      // Last: completing a reply may run its waiter at once.
-      const defect = new Error(`topic ${topic}: its actor failed`)
-      for (const reply of joins) Deferred.doneUnsafe(reply, Exit.die(defect))
-      Effect.runForkWith(context)(
-        Effect.logError(`topic ${topic}: actor failed; ${subscribers.length} subscriber(s) told to reconnect`, cause)
-      )
     }
+    // Last: completing a reply may run its waiter at once.
+    const defect = new Error(`topic ${this.topic}: its actor failed`)
+    for (const reply of joins) Deferred.doneUnsafe(reply, Exit.die(defect))
+    Effect.runForkWith(this.env.context)(
+      Effect.logError(`topic ${this.topic}: actor failed; ${subscribers.length} subscriber(s) told to reconnect`, cause)
+    )
+  }
 
-    const launch = () => {
-      const self = { parked: false }
-      const fiber = Fiber.runIn(Effect.runForkWith(context)(run(self)), options.scope)
-      fiber.addObserver((exit) => {
-        if (self.parked) return
-        if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) failed(exit.cause)
-        else options.onStopped()
-      })
-    }
-    launch()
-  })
+  /** Starts a fiber that handles the mailbox (at the start, and when a parked actor is woken). */
+  launch(): void {
+    const fiber = Fiber.runIn(Effect.runForkWith(this.env.context)(this.run), this.env.scope)
+    fiber.addObserver((exit) => {
+      if (this.parked) return
+      if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) this.failed(exit.cause)
+      else this.env.onStopped(this)
+    })
+  }
+}

@@ -5,20 +5,15 @@
  * of every commit (this node's and others') here too. Topics without an actor on this node are
  * ignored (nobody here is listening, and a later subscriber reads the journal).
  */
-import { Context, Deferred, Effect, Layer, Metric, Queue, Schedule } from "effect"
+import { Context, Deferred, Effect, Layer, Metric, Schedule } from "effect"
 import type { SqlError } from "effect/sql/SqlError"
 import { KhalaConfig } from "../layers/Config.ts"
 import { Journal, type StoredEntry } from "./Journal.ts"
 import { flushDelivered, topicQueueDepth } from "./Metrics.ts"
-import {
-  type ActorMessage,
-  type JoinResult,
-  notifyActor,
-  startTopicActor,
-  type Subscriber,
-  type TopicActorHandle,
-  type TopicStats
-} from "./TopicActor.ts"
+import { type ActorEnv, type JoinResult, type Subscriber, TopicActor, type TopicStats } from "./TopicActor.ts"
+
+/** Messages an actor's mailbox holds before hand-overs and resyncs are refused (joins and leaves never are). */
+const MAILBOX_CAPACITY = 4096
 
 /** One subscription's hold on a topic actor. */
 export interface TopicLease {
@@ -65,51 +60,38 @@ export class TopicHub extends Context.Service<TopicHub, {
       const scope = yield* Effect.scope
       // The delivery counters are tallied without effects on the hot path; publish them every second.
       yield* flushDelivered.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkIn(scope))
-      const actors = new Map<string, TopicActorHandle>()
-      const settings = {
-        ringCapacity: config.topicRingEntries,
-        maxFrameBytes: config.maxFrameBytes,
-        maxItemsPerFrame: 512,
-        readBatch: 1000
+      const actors = new Map<string, TopicActor>()
+      const env: ActorEnv = {
+        journal,
+        settings: {
+          ringCapacity: config.topicRingEntries,
+          maxFrameBytes: config.maxFrameBytes,
+          maxItemsPerFrame: 512,
+          readBatch: 1000
+        },
+        idleTtlMs: config.topicIdleTtlMs,
+        scope,
+        context: yield* Effect.context<never>(),
+        tryRetire: (actor) => {
+          if (actor.refCount > 0) return false
+          if (actors.get(actor.topic) === actor) actors.delete(actor.topic)
+          return true
+        },
+        onStopped: (actor) => void (actors.get(actor.topic) === actor && actors.delete(actor.topic))
       }
 
-      const start = (topic: string) =>
-        Effect.gen(function*() {
-          const mailbox = yield* Queue.bounded<ActorMessage>(4096)
-          // The fiber may have yielded above: another acquire may have started this topic meanwhile.
-          const existing = actors.get(topic)
-          if (existing) return existing
-          const handle: TopicActorHandle = {
-            topic,
-            mailbox,
-            stats: { subscribers: 0, deliveredFrames: 0, deliveredBytes: 0, evictions: 0, headSeq: 0 },
-            pendingNotifySeq: 0,
-            notifyQueued: false,
-            resyncPending: false,
-            refCount: 0
-          }
-          // Registered before the actor reads its position: no notification can fall between.
-          actors.set(topic, handle)
-          // The actor keeps a fiber only while its mailbox has work.
-          yield* startTopicActor({
-            handle,
-            journal,
-            settings,
-            idleTtlMs: config.topicIdleTtlMs,
-            tryRetire: () => {
-              if (handle.refCount > 0) return false
-              if (actors.get(topic) === handle) actors.delete(topic)
-              return true
-            },
-            scope,
-            onStopped: () => void (actors.get(topic) === handle && actors.delete(topic))
-          })
-          return handle
-        })
+      const start = (topic: string) => {
+        const actor = new TopicActor(topic, env, MAILBOX_CAPACITY)
+        // Registered before the actor reads its position: no notification can fall between.
+        actors.set(topic, actor)
+        // The actor keeps a fiber only while its mailbox has work.
+        actor.launch()
+        return actor
+      }
 
       const acquire = (topic: string) =>
         Effect.uninterruptible(Effect.gen(function*() {
-          const handle = actors.get(topic) ?? (yield* start(topic))
+          const handle = actors.get(topic) ?? start(topic)
           handle.refCount++
           let released = false
           const lease: TopicLease = {
@@ -117,7 +99,7 @@ export class TopicHub extends Context.Service<TopicHub, {
             join: (subscriber, epoch, lastSeq, minHeadSeq) =>
               Effect.gen(function*() {
                 const reply = yield* Deferred.make<JoinResult, SqlError>()
-                const offered = yield* Queue.offer(handle.mailbox, { _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
+                const offered = handle.offerControl({ _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
                 // Shut: the actor failed (a live lease keeps it from retiring); nothing would answer.
                 if (!offered) return yield* Effect.die(new Error(`topic ${topic}: its actor failed`))
                 return yield* Deferred.await(reply)
@@ -127,7 +109,9 @@ export class TopicHub extends Context.Service<TopicHub, {
                 if (released) return Effect.void
                 released = true
                 handle.refCount--
-                return Queue.offer(handle.mailbox, { _tag: "Leave", subscriber, evicted }).pipe(Effect.asVoid)
+                // False only if the actor failed: then there is nothing to leave.
+                handle.offerControl({ _tag: "Leave", subscriber, evicted })
+                return Effect.void
               })
           }
           return lease
@@ -136,7 +120,7 @@ export class TopicHub extends Context.Service<TopicHub, {
       const notify = (topic: string, seq: number) =>
         Effect.sync(() => {
           const handle = actors.get(topic)
-          if (handle) notifyActor(handle, seq)
+          if (handle) handle.notify(seq)
         })
 
       const deliverCommitted = (
@@ -146,18 +130,15 @@ export class TopicHub extends Context.Service<TopicHub, {
           const handle = actors.get(topic)
           if (!handle || list.length === 0) continue
           // A full mailbox falls back to the notification path.
-          if (!Queue.offerUnsafe(handle.mailbox, { _tag: "Entries", epoch: committed.epoch, entries: list })) {
-            notifyActor(handle, list[list.length - 1]!.seq)
+          if (!handle.offer({ _tag: "Entries", epoch: committed.epoch, entries: list })) {
+            handle.notify(list[list.length - 1]!.seq)
           }
         }
       }
 
       const resyncAll = (epoch: string | undefined) =>
         Effect.sync(() => {
-          for (const handle of actors.values()) {
-            // A full mailbox must not lose a resync: the actor checks the flag after every message.
-            if (!Queue.offerUnsafe(handle.mailbox, { _tag: "Resync", epoch })) handle.resyncPending = true
-          }
+          for (const handle of actors.values()) handle.resync(epoch)
         })
 
       const report = (limit: number) =>
@@ -165,7 +146,7 @@ export class TopicHub extends Context.Service<TopicHub, {
           const rows: Array<TopicReport> = [...actors.values()].map((h) => ({
             topic: h.topic,
             ...h.stats,
-            queueDepth: Queue.sizeUnsafe(h.mailbox)
+            queueDepth: h.queueDepth
           }))
           rows.sort((a, b) => b.subscribers - a.subscribers || b.deliveredFrames - a.deliveredFrames)
           yield* Metric.update(topicQueueDepth, rows.reduce((n, r) => n + r.queueDepth, 0))
