@@ -58,12 +58,12 @@ import {
   slowConsumerEvictions,
   subscriptionsGauge
 } from "./Metrics.ts"
-import { Outbound } from "./Outbound.ts"
+import { Outbound, type OutboundLimits } from "./Outbound.ts"
 import { Timers, type TimerEntry } from "./Timers.ts"
 import type { Subscriber } from "./TopicActor.ts"
 import { TopicAccess } from "./TopicAccess.ts"
 import { type TopicLease, TopicHub } from "./TopicHub.ts"
-import { TokenVerifier, type VerifiedToken } from "./TokenVerifier.ts"
+import { TokenVerifier } from "./TokenVerifier.ts"
 
 /** The socket as the connection sees it (pulled: `runConnection` reads it in a loop). */
 export interface SocketPort {
@@ -102,6 +102,8 @@ export interface ConnectionDeps {
   readonly lifecycle: Lifecycle["Service"]
   readonly timers: Timers
   readonly context: Context.Context<never>
+  /** Every connection's outbound bounds (one object for all). */
+  readonly outboundLimits: OutboundLimits
 }
 
 /** Reads the connection dependencies from the current context (build it once per node). */
@@ -110,15 +112,17 @@ export const connectionDeps: Effect.Effect<
   never,
   KhalaConfig | TokenVerifier | TopicAccess | Journal | TopicHub | Lifecycle
 > = Effect.gen(function*() {
+  const config = yield* KhalaConfig
   return {
-    config: yield* KhalaConfig,
+    config,
     verifier: yield* TokenVerifier,
     access: yield* TopicAccess,
     journal: yield* Journal,
     hub: yield* TopicHub,
     lifecycle: yield* Lifecycle,
     timers: yield* Timers.forClock,
-    context: yield* Effect.context<never>()
+    context: yield* Effect.context<never>(),
+    outboundLimits: { maxBytes: config.outboundQueueMaxBytes, maxFrames: config.outboundQueueMaxFrames }
   }
 })
 
@@ -188,7 +192,8 @@ class Connection {
   readonly outbound: Outbound
   readonly subscriptions = new Map<string, Subscription>()
   phase: Phase = "hello"
-  principal: (Principal & { readonly token: VerifiedToken }) | undefined
+  /** Who the token says (only what authorization reads: the token itself is not kept). */
+  principal: Principal | undefined
   expiresAtMs = 0
   nextHeartbeatAt = 0
   timer: TimerEntry | undefined
@@ -202,7 +207,8 @@ class Connection {
   writer: Fiber.Fiber<unknown, unknown> | undefined
   windowStart = 0
   windowCount = 0
-  stopDrain: (() => void) | undefined
+  /** Registered with the node's drain (`onDraining`) until released. */
+  drainRegistered = false
   /** Runs last when the connection is over (release the socket, wake the caller). */
   onEnded: Effect.Effect<void> | undefined
   readonly onTimerFn = (now: number) => this.onTimer(now)
@@ -211,13 +217,8 @@ class Connection {
     this.deps = deps
     this.port = port
     this.subprotocol = port.subprotocol
-    this.outbound = new Outbound(
-      { maxBytes: deps.config.outboundQueueMaxBytes, maxFrames: deps.config.outboundQueueMaxFrames },
-      () => port.bufferedBytes(),
-      port.awaitDrain,
-      port.writeNow === undefined ? undefined : (frame) => port.writeNow!(frame)
-    )
-    this.outbound.onDemand(() => this.startWriter())
+    this.outbound = new Outbound(deps.outboundLimits, port)
+    this.outbound.onDemand(this)
   }
 
   fork<A, E>(effect: Effect.Effect<A, E>): Fiber.Fiber<A, E> {
@@ -251,6 +252,11 @@ class Connection {
 
   // ---- lifecycle
 
+  /** The node started draining (`Lifecycle.onDrain`). */
+  onDraining(): void {
+    this.end(protocolError("server_draining", "this node is draining; reconnect to another", { retryAfterMs: 0 }))
+  }
+
   /** Registers the connection (count, drain, auth deadline). */
   open(): Effect.Effect<void> {
     return Effect.gen({ self: this }, function*() {
@@ -258,9 +264,8 @@ class Connection {
       yield* Metric.modify(connectionsGauge, 1)
       const timers = this.deps.timers
       this.timer = timers.schedule(timers.now() + this.deps.config.authTimeoutMs, this.onTimerFn)
-      this.stopDrain = this.deps.lifecycle.onDrain(() =>
-        this.end(protocolError("server_draining", "this node is draining; reconnect to another", { retryAfterMs: 0 }))
-      )
+      this.drainRegistered = true
+      this.deps.lifecycle.onDrain(this)
     })
   }
 
@@ -279,8 +284,10 @@ class Connection {
     return Effect.gen({ self: this }, function*() {
       this.deps.timers.cancel(this.timer)
       this.timer = undefined
-      this.stopDrain?.()
-      this.stopDrain = undefined
+      if (this.drainRegistered) {
+        this.drainRegistered = false
+        this.deps.lifecycle.offDrain(this)
+      }
       const worker = this.worker
       if (worker !== undefined) yield* Fiber.interrupt(worker)
       for (const topic of [...this.subscriptions.keys()]) yield* this.removeSubscription(topic, evicted)
@@ -346,7 +353,8 @@ class Connection {
 
   // ---- writer: exists only while the outbound queue has a backlog
 
-  private startWriter(): void {
+  /** Starts the writer fiber (the outbound queue asks for one when a frame is queued behind the socket). */
+  startWriter(): void {
     const fiber = this.fork(this.writeBacklog())
     // It may have finished synchronously (the socket took everything at once).
     if (this.outbound.writerActive) this.writer = fiber
@@ -509,7 +517,7 @@ class Connection {
       if (this.phase !== "hello") return // the auth deadline passed meanwhile
       if (Result.isFailure(verified)) return this.end(verified.failure)
       const t = verified.success
-      this.principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
+      this.principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead }
       this.expiresAtMs = t.expiresAtMs
       this.phase = "open"
       const now = yield* Clock.currentTimeMillis
@@ -788,7 +796,7 @@ class Connection {
       if (t.userId !== this.principal!.userId) {
         return this.end(protocolError("unauthenticated", "a refreshed token must be for the same user"))
       }
-      const principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead, token: t }
+      const principal = { userId: t.userId, isAdmin: t.isAdmin, canRead: t.canRead }
       this.principal = principal
       this.expiresAtMs = t.expiresAtMs
       this.rearm()

@@ -5,6 +5,11 @@
  */
 import { Context, Deferred, Effect, Layer, Ref } from "effect"
 
+/** Told once when the node starts draining (synchronously). */
+export interface DrainListener {
+  onDraining(): void
+}
+
 export class Lifecycle extends Context.Service<Lifecycle, {
   readonly isDraining: Effect.Effect<boolean>
   /** `isDraining` for synchronous callers (the upgrade handler runs in Node's HTTP parser callback). */
@@ -15,16 +20,18 @@ export class Lifecycle extends Context.Service<Lifecycle, {
   /** Open WebSocket connections on this node (for drain). */
   readonly connections: Ref.Ref<number>
   /**
-   * Registers a synchronous drain callback (called at once if already draining); returns its
-   * unregistration. A callback instead of a waiting fiber per connection keeps idle connections cheap.
+   * Registers a synchronous drain listener (told at once if already draining); `offDrain` removes
+   * it. A listener object instead of a waiting fiber (or closures) per connection keeps idle
+   * connections cheap.
    */
-  readonly onDrain: (callback: () => void) => () => void
+  readonly onDrain: (listener: DrainListener) => void
+  readonly offDrain: (listener: DrainListener) => void
 }>()("khala/services/Lifecycle") {
   static readonly layer = Layer.effect(
     Lifecycle,
     Effect.gen(function*() {
       const drainRequested = yield* Deferred.make<void>()
-      const listeners = new Set<() => void>()
+      const listeners = new Set<DrainListener>()
       let draining = false
       return Lifecycle.of({
         isDraining: Effect.sync(() => draining),
@@ -33,21 +40,16 @@ export class Lifecycle extends Context.Service<Lifecycle, {
         requestDrain: Effect.suspend(() => {
           if (!draining) {
             draining = true
-            for (const l of [...listeners]) l()
+            for (const l of [...listeners]) l.onDraining()
           }
           return Deferred.succeed(drainRequested, undefined).pipe(Effect.asVoid)
         }),
         connections: yield* Ref.make(0),
-        onDrain: (callback) => {
-          if (draining) {
-            callback()
-            return () => {}
-          }
-          listeners.add(callback)
-          return () => {
-            listeners.delete(callback)
-          }
-        }
+        onDrain: (listener) => {
+          if (draining) listener.onDraining()
+          else listeners.add(listener)
+        },
+        offDrain: (listener) => void listeners.delete(listener)
       })
     })
   )

@@ -30,35 +30,39 @@ export interface OutboundLimits {
   readonly maxFrames: number
 }
 
+/** The socket side an outbound queue writes to (a connection's port satisfies it). */
+export interface OutboundSocket {
+  /** Bytes already handed to the socket but not yet on the wire. */
+  readonly bufferedBytes: () => number
+  /** Resolves when the socket's own buffer drained. */
+  readonly awaitDrain: Effect.Effect<void>
+  /** Synchronous write to the socket; false ⇒ not written (the frame is queued instead). */
+  readonly writeNow?: ((frame: EncodedFrame) => boolean) | undefined
+}
+
+/** Who starts a writer in demand mode (`onDemand`). */
+export interface DemandTarget {
+  startWriter(): void
+}
+
 export class Outbound {
   private frames: Array<EncodedFrame> = []
   private queuedBytes = 0
   private closed = false
   private takeWaiter: (() => void) | undefined
   private spaceWaiters: Array<() => void> = []
-  private readonly writeNow: ((frame: EncodedFrame) => boolean) | undefined
-  private demand: (() => void) | undefined
+  private readonly socket: OutboundSocket
+  private demand: DemandTarget | undefined
   private idleWaiters: Array<() => void> | undefined
   /** Demand mode: a writer was started and has not yet found the queue empty. */
   writerActive = false
 
   readonly limits: OutboundLimits
-  /** Bytes already handed to the socket but not yet on the wire. */
-  readonly bufferedBytes: () => number
-  /** Resolves when the socket's own buffer drained. */
-  readonly awaitSocketDrain: Effect.Effect<void>
 
-  constructor(
-    limits: OutboundLimits,
-    bufferedBytes: () => number,
-    awaitSocketDrain: Effect.Effect<void>,
-    /** Synchronous write to the socket; false ⇒ not written (the frame is queued instead). */
-    writeNow?: (frame: EncodedFrame) => boolean
-  ) {
+  /** Kept as given (no closures per connection): an idle connection is mostly these objects. */
+  constructor(limits: OutboundLimits, socket: OutboundSocket) {
     this.limits = limits
-    this.bufferedBytes = bufferedBytes
-    this.awaitSocketDrain = awaitSocketDrain
-    this.writeNow = writeNow
+    this.socket = socket
   }
 
   get depth(): number {
@@ -67,7 +71,7 @@ export class Outbound {
 
   /** Queue plus socket bytes. */
   get pendingBytes(): number {
-    return this.queuedBytes + this.bufferedBytes()
+    return this.queuedBytes + this.socket.bufferedBytes()
   }
 
   get isOverSoftBound(): boolean {
@@ -78,8 +82,8 @@ export class Outbound {
    * Switches to demand mode: `start` is called synchronously whenever a frame is queued while no
    * writer is active; it must start one that drains with `takeNow`.
    */
-  onDemand(start: () => void): void {
-    this.demand = start
+  onDemand(target: DemandTarget): void {
+    this.demand = target
   }
 
   /** Nothing queued is waiting for a writer: a parked `takeAll`, or no active demand writer. */
@@ -96,7 +100,7 @@ export class Outbound {
       w()
     } else if (this.demand !== undefined && !this.writerActive) {
       this.writerActive = true
-      this.demand()
+      this.demand.startWriter()
     }
   }
 
@@ -104,8 +108,8 @@ export class Outbound {
   offer(frame: EncodedFrame, size: number = encodedFrameBytes(frame)): boolean {
     if (this.closed) return false
     if (
-      this.writeNow !== undefined && this.frames.length === 0 && this.writerIdle &&
-      this.bufferedBytes() + size <= this.limits.maxBytes / 2 && this.writeNow(frame)
+      this.socket.writeNow !== undefined && this.frames.length === 0 && this.writerIdle &&
+      this.socket.bufferedBytes() + size <= this.limits.maxBytes / 2 && this.socket.writeNow(frame)
     ) {
       deliveredTally.frames++
       deliveredTally.bytes += size
@@ -131,7 +135,7 @@ export class Outbound {
       }
       // Nothing queued: only the socket holds bytes, and the writer is idle — wait for the socket.
       // Otherwise the writer wakes us after it wrote the queue and the socket drained.
-      if (this.frames.length === 0) return Effect.andThen(this.awaitSocketDrain, this.offerWait(frame))
+      if (this.frames.length === 0) return Effect.andThen(this.socket.awaitDrain, this.offerWait(frame))
       return Effect.callback<void>((resume) => {
         const waiter = () => resume(Effect.void)
         this.spaceWaiters.push(waiter)

@@ -112,6 +112,10 @@ export interface ActorEnv {
   readonly onStopped: (actor: TopicActor) => void
 }
 
+/** The journal epoch as one string shared by every actor (each read returns its own copy). */
+let sharedEpoch = ""
+const internEpoch = (epoch: string): string => (epoch === sharedEpoch ? sharedEpoch : (sharedEpoch = epoch))
+
 /** Parked actors a message arrived for; started together on the next turn of the event loop. */
 let woken: Array<TopicActor> = []
 const launchWoken = () => {
@@ -274,7 +278,8 @@ export class TopicActor {
     const first = entries[0]!.seq
     const last = entries[entries.length - 1]!.seq
     const shared = new Map<Subprotocol, Array<Sized>>()
-    for (const ls of [...this.live.values()]) {
+    // A Map iterates safely while `send` deletes an evicted subscriber: no copy per delivery.
+    for (const ls of this.live.values()) {
       if (ls.lastSent >= last) continue
       let out: Array<Sized>
       if (ls.lastSent < first) {
@@ -312,7 +317,7 @@ export class TopicActor {
 
   private resetForEpoch(newEpoch: string): Effect.Effect<void, SqlError> {
     return Effect.gen({ self: this }, function*() {
-      this.epoch = newEpoch
+      this.epoch = internEpoch(newEpoch)
       this.ring = []
       for (const ls of this.live.values()) ls.subscriber.onEpochChanged(this.topic)
       this.live.clear()
@@ -449,7 +454,7 @@ export class TopicActor {
         Effect.tapError((e) => Effect.logWarning(`topic ${this.topic}: reading its position failed; retrying`, e)),
         Effect.retry(Schedule.spaced("200 millis"))
       )
-      this.epoch = initial.epoch
+      this.epoch = internEpoch(initial.epoch)
       this.head = initial.headSeq
       this.initialized = true
     })

@@ -29,6 +29,39 @@ export interface TopicLease {
   readonly release: (subscriber: Subscriber, evicted?: boolean) => Effect.Effect<void>
 }
 
+/** A lease as one object per subscription (no closures: idle subscriptions are many). */
+class ActorLease implements TopicLease {
+  private readonly actor: TopicActor
+  private released = false
+  constructor(actor: TopicActor) {
+    this.actor = actor
+  }
+
+  get topic(): string {
+    return this.actor.topic
+  }
+
+  join(subscriber: Subscriber, epoch: string, lastSeq: number, minHeadSeq: number): Effect.Effect<JoinResult, SqlError> {
+    return Effect.gen({ self: this }, function*() {
+      const reply = yield* Deferred.make<JoinResult, SqlError>()
+      const offered = this.actor.offerControl({ _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
+      // Shut: the actor failed (a live lease keeps it from retiring); nothing would answer.
+      if (!offered) return yield* Effect.die(new Error(`topic ${this.actor.topic}: its actor failed`))
+      return yield* Deferred.await(reply)
+    })
+  }
+
+  release(subscriber: Subscriber, evicted = false): Effect.Effect<void> {
+    return Effect.sync(() => {
+      if (this.released) return
+      this.released = true
+      this.actor.refCount--
+      // False only if the actor failed: then there is nothing to leave.
+      this.actor.offerControl({ _tag: "Leave", subscriber, evicted })
+    })
+  }
+}
+
 export interface TopicReport extends TopicStats {
   readonly topic: string
   readonly queueDepth: number
@@ -90,32 +123,11 @@ export class TopicHub extends Context.Service<TopicHub, {
       }
 
       const acquire = (topic: string) =>
-        Effect.uninterruptible(Effect.gen(function*() {
+        Effect.sync(() => {
           const handle = actors.get(topic) ?? start(topic)
           handle.refCount++
-          let released = false
-          const lease: TopicLease = {
-            topic,
-            join: (subscriber, epoch, lastSeq, minHeadSeq) =>
-              Effect.gen(function*() {
-                const reply = yield* Deferred.make<JoinResult, SqlError>()
-                const offered = handle.offerControl({ _tag: "Join", subscriber, epoch, lastSeq, minHeadSeq, reply })
-                // Shut: the actor failed (a live lease keeps it from retiring); nothing would answer.
-                if (!offered) return yield* Effect.die(new Error(`topic ${topic}: its actor failed`))
-                return yield* Deferred.await(reply)
-              }),
-            release: (subscriber, evicted = false) =>
-              Effect.suspend(() => {
-                if (released) return Effect.void
-                released = true
-                handle.refCount--
-                // False only if the actor failed: then there is nothing to leave.
-                handle.offerControl({ _tag: "Leave", subscriber, evicted })
-                return Effect.void
-              })
-          }
-          return lease
-        }))
+          return new ActorLease(handle)
+        })
 
       const notify = (topic: string, seq: number) =>
         Effect.sync(() => {

@@ -11,9 +11,13 @@ const setup = (limits = { maxBytes: 1000, maxFrames: 100 }) => {
   /** What the socket received, and by which path. */
   const socket: Array<string> = []
   let buffered = 0
-  const outbound = new Outbound(limits, () => buffered, Effect.void, (frame) => {
-    socket.push(`${frame as string}:direct`)
-    return true
+  const outbound = new Outbound(limits, {
+    bufferedBytes: () => buffered,
+    awaitDrain: Effect.void,
+    writeNow: (frame) => {
+      socket.push(`${frame as string}:direct`)
+      return true
+    }
   })
   /** The connection's writer: takes everything queued and writes it, in order. */
   const writer = Effect.gen(function*() {
@@ -55,7 +59,11 @@ describe("Outbound", () => {
   it.effect("a failed direct write falls back to the queue", () =>
     Effect.gen(function*() {
       const socket: Array<unknown> = []
-      const outbound = new Outbound({ maxBytes: 1000, maxFrames: 100 }, () => 0, Effect.void, () => false)
+      const outbound = new Outbound({ maxBytes: 1000, maxFrames: 100 }, {
+        bufferedBytes: () => 0,
+        awaitDrain: Effect.void,
+        writeNow: () => false
+      })
       const fiber = yield* Effect.forkChild(
         Effect.gen(function*() {
           while (true) {
