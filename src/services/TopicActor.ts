@@ -145,6 +145,8 @@ export class TopicActor {
   /** Highest notified seq not yet read; coalesces notifications. */
   private pendingNotifySeq = 0
   private notifyQueued = false
+  /** A `Notify` was refused (mailbox full): the actor reads up to `pendingNotifySeq` next. */
+  private notifyRefused = false
   /** A Resync could not be enqueued (mailbox full): the actor performs it before its next message. */
   private resyncPending = false
   /** No fiber runs: the next message schedules one. */
@@ -189,10 +191,22 @@ export class TopicActor {
     return true
   }
 
-  /** Records a notification; enqueues at most one `Notify` at a time. */
+  /**
+   * Records a notification; enqueues at most one `Notify` at a time. A full mailbox does not lose
+   * it: the actor reads up to the notified seq before its next message (or before parking).
+   */
   notify(seq: number): void {
     if (seq > this.pendingNotifySeq) this.pendingNotifySeq = seq
-    if (!this.notifyQueued) this.notifyQueued = this.offer({ _tag: "Notify" })
+    this.queueNotify()
+  }
+
+  private queueNotify(): void {
+    if (this.notifyQueued) return
+    this.notifyQueued = this.offer({ _tag: "Notify" })
+    if (!this.notifyQueued && !this.shut) {
+      this.notifyRefused = true
+      // The mailbox is full, so a fiber runs (or is scheduled) and will see the flag.
+    }
   }
 
   /** A resync that a full mailbox must not lose: the actor checks the flag before every message. */
@@ -467,6 +481,11 @@ export class TopicActor {
       while (true) {
         let next: ActorMessage | undefined = this.carry
         this.carry = undefined
+        if (next === undefined && this.notifyRefused) {
+          this.notifyRefused = false
+          this.notifyQueued = true // handled as a queued Notify (which clears it)
+          next = { _tag: "Notify" }
+        }
         if (next === undefined) {
           if (this.shut) return // the actor failed: it is over
           next = this.take()
@@ -497,7 +516,7 @@ export class TopicActor {
               yield* Effect.logWarning(`topic ${this.topic}: journal read failed; will retry`, e)
               if (m._tag === "Join") yield* Deferred.fail(m.reply, e).pipe(Effect.ignore)
               yield* Effect.sleep("200 millis")
-              this.notifyQueued = this.offer({ _tag: "Notify" }) || this.notifyQueued
+              this.queueNotify()
             }))
         )
         this.handling = undefined

@@ -1,0 +1,194 @@
+/**
+ * TopicActor on its own (a fake journal, no Postgres): the mailbox's bounds and the parking
+ * mechanics of the class-based actor.
+ * - While the actor is busy, hand-overs fill the bounded mailbox and are then refused (the hub
+ *   falls back to a notification), but a leave is still taken — and handled: the subscriber gets
+ *   nothing after it.
+ * - A parked actor (subscribers, empty mailbox, no fiber) is woken by any message, and several
+ *   actors woken in one turn all run.
+ * - A notification refused by a full mailbox is not lost: the actor reads up to it next (before,
+ *   it waited for the next notification or the feed's reconciler).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, Exit, Scope } from "effect"
+import { PROTO_SUBPROTOCOL, decodeServerFrame, type EncodedFrame } from "../../src/domain/Protocol.ts"
+import { encodeUpdate } from "../../src/domain/UpdateEncoding.ts"
+import type { Journal, StoredEntry } from "../../src/services/Journal.ts"
+import { type ActorEnv, type JoinResult, type Subscriber, TopicActor } from "../../src/services/TopicActor.ts"
+
+const EPOCH = "epoch-1"
+
+const entry = (seq: number): StoredEntry => ({
+  seq,
+  ...encodeUpdate(
+    { seq, kind: "run.step", docKey: `d${seq}`, docVersion: seq, schemaVersion: 1, occurredAtMs: 0, committedAtMs: 0 },
+    undefined
+  )
+})
+
+/** An in-memory journal of one or more topics; `hold` makes reads wait until released. */
+const fakeJournal = () => {
+  const topics = new Map<string, Array<StoredEntry>>()
+  let gate: Deferred.Deferred<void> | undefined
+  let reads = 0
+  const rows = (topic: string) => topics.get(topic) ?? []
+  const journal = {
+    read: (topic: string, afterSeq: number, limit: number) =>
+      Effect.gen(function*() {
+        reads++
+        // What a statement sees is fixed when it starts (its snapshot), not when it returns.
+        const seen = rows(topic).filter((e) => e.seq > afterSeq).slice(0, limit)
+        if (gate !== undefined) yield* Deferred.await(gate)
+        return seen
+      }),
+    position: (topic: string) =>
+      Effect.succeed({ epoch: EPOCH, floorSeq: 1, headSeq: rows(topic).length }),
+    epoch: Effect.succeed(EPOCH)
+  } as unknown as Journal["Service"]
+  return {
+    journal,
+    append: (topic: string, seq: number) => {
+      const list = topics.get(topic) ?? []
+      list.push(entry(seq))
+      topics.set(topic, list)
+    },
+    hold: Effect.gen(function*() {
+      gate = yield* Deferred.make<void>()
+    }),
+    release: Effect.suspend(() => (gate === undefined ? Effect.void : Deferred.succeed(gate, undefined).pipe(Effect.asVoid))),
+    get reads() {
+      return reads
+    }
+  }
+}
+
+/** A subscriber that records the seqs of the Updates it is offered. */
+const recorder = (id: string) => {
+  const seqs: Array<number> = []
+  let caughtUp = 0
+  const subscriber: Subscriber = {
+    connectionId: id,
+    subprotocol: PROTO_SUBPROTOCOL,
+    offer: (frame: EncodedFrame) => {
+      const decoded = decodeServerFrame(PROTO_SUBPROTOCOL, frame)
+      if (decoded._tag === "Success") {
+        const f = decoded.success.frame
+        if (f.case === "updates") for (const u of f.value.items) seqs.push(Number(u.seq))
+        if (f.case === "caughtUp") caughtUp++
+      }
+      return true
+    },
+    onEpochChanged: () => {},
+    onActorFailed: () => {}
+  }
+  return { subscriber, seqs, get caughtUp() { return caughtUp } }
+}
+
+/** Real-time wait (setImmediate wake-ups are not clock time) until `check` holds. */
+const eventually = (check: () => boolean, what: string) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 400; i++) {
+      if (check()) return
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
+    }
+    assert.fail(`timed out waiting until ${what}`)
+  })
+
+const setup = (capacity: number) =>
+  Effect.gen(function*() {
+    const fake = fakeJournal()
+    const scope = yield* Scope.make()
+    const env: ActorEnv = {
+      journal: fake.journal,
+      settings: { ringCapacity: 100, maxFrameBytes: 1 << 20, maxItemsPerFrame: 512, readBatch: 1000 },
+      idleTtlMs: 60_000,
+      scope,
+      context: yield* Effect.context<never>(),
+      tryRetire: (actor) => actor.refCount === 0,
+      onStopped: () => {}
+    }
+    const start = (topic: string) => {
+      const actor = new TopicActor(topic, env, capacity)
+      actor.refCount = 1
+      actor.launch()
+      return actor
+    }
+    const join = (actor: TopicActor, subscriber: Subscriber, lastSeq: number) =>
+      Effect.gen(function*() {
+        const reply = yield* Deferred.make<JoinResult, never>()
+        assert.isTrue(actor.offerControl({ _tag: "Join", subscriber, epoch: EPOCH, lastSeq, minHeadSeq: 0, reply: reply as never }))
+        return yield* Deferred.await(reply)
+      })
+    return { fake, start, join, close: Scope.close(scope, Exit.void) }
+  })
+
+describe("TopicActor", () => {
+  it.live("a full mailbox refuses hand-overs but still takes a leave, and handles it", () =>
+    Effect.gen(function*() {
+      const { fake, start, join, close } = yield* setup(4)
+      const actor = start("t")
+      const a = recorder("a")
+      const b = recorder("b")
+      assert.deepStrictEqual(yield* join(actor, a.subscriber, 0), { _tag: "Joined", caughtUpSeq: 0 })
+      assert.deepStrictEqual(yield* join(actor, b.subscriber, 0), { _tag: "Joined", caughtUpSeq: 0 })
+
+      // Busy: the actor reads for a notification and the read waits.
+      yield* fake.hold
+      fake.append("t", 1)
+      const readsBefore = fake.reads
+      actor.notify(1)
+      yield* eventually(() => fake.reads > readsBefore, "the actor is reading")
+
+      // Hand-overs of entries it is reading anyway fill the mailbox; the fifth is refused.
+      const handOver = { _tag: "Entries", epoch: EPOCH, entries: [entry(1)] } as const
+      const accepted = [1, 2, 3, 4, 5].map(() => actor.offer(handOver))
+      assert.deepStrictEqual(accepted, [true, true, true, true, false])
+      assert.strictEqual(actor.queueDepth, 4)
+      // A leave is taken beyond the bound.
+      actor.refCount--
+      assert.isTrue(actor.offerControl({ _tag: "Leave", subscriber: b.subscriber, evicted: false }))
+      assert.strictEqual(actor.queueDepth, 5)
+
+      // A notification while busy and full is refused by the mailbox, and still read.
+      fake.append("t", 2)
+      actor.notify(2)
+      assert.strictEqual(actor.queueDepth, 5)
+
+      yield* fake.release
+      yield* eventually(() => actor.stats.subscribers === 1 && a.seqs.length === 2, "everything was handled")
+      assert.deepStrictEqual(a.seqs, [1, 2])
+      // The leave was handled: b gets nothing later (what was read before it may have reached it).
+      fake.append("t", 3)
+      actor.notify(3)
+      yield* eventually(() => a.seqs.length === 3, "entry 3 delivered")
+      assert.deepStrictEqual(a.seqs, [1, 2, 3])
+      assert.notInclude(b.seqs, 3)
+      assert.strictEqual(actor.queueDepth, 0)
+      yield* close
+    }))
+
+  it.live("parked actors are woken by any message, several in one turn", () =>
+    Effect.gen(function*() {
+      const { fake, start, join, close } = yield* setup(16)
+      const topics = ["t1", "t2", "t3"]
+      const subs = topics.map((t) => recorder(t))
+      const actors = topics.map((t) => start(t))
+      for (let i = 0; i < actors.length; i++) yield* join(actors[i]!, subs[i]!.subscriber, 0)
+      // Joined and idle: every actor is parked (no fiber). Messages in one turn wake all of them.
+      for (const t of topics) fake.append(t, 1)
+      for (const actor of actors) actor.notify(1)
+      for (let i = 0; i < actors.length; i++) {
+        assert.isTrue(actors[i]!.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(2)] }))
+        fake.append(topics[i]!, 2)
+      }
+      yield* eventually(() => subs.every((s) => s.seqs.length === 2), "every topic delivered 1 and 2")
+      for (const s of subs) assert.deepStrictEqual(s.seqs, [1, 2])
+      // Parked again; a later message wakes again.
+      for (const t of topics) fake.append(t, 3)
+      actors[1]!.notify(3)
+      yield* eventually(() => subs[1]!.seqs.length === 3, "t2 delivered 3")
+      assert.deepStrictEqual(subs[1]!.seqs, [1, 2, 3])
+      assert.deepStrictEqual(subs[0]!.seqs, [1, 2])
+      yield* close
+    }))
+})
