@@ -121,7 +121,14 @@ let woken: Array<TopicActor> = []
 const launchWoken = () => {
   const list = woken
   woken = []
-  for (const actor of list) actor.launch()
+  for (const actor of list) {
+    try {
+      actor.launch()
+    } catch (e) {
+      // A bug: that actor fails (its subscribers are told); the others of the batch still start.
+      actor.launchFailed(e)
+    }
+  }
 }
 
 /** A frame with its size, measured once however many subscribers it goes to. */
@@ -475,7 +482,7 @@ export class TopicActor {
   }
 
   /** Handles messages until the mailbox is empty (parked) or the actor retires. */
-  private get run(): Effect.Effect<void, SqlError> {
+  private run(launched: { parked: boolean }): Effect.Effect<void, SqlError> {
     return Effect.gen({ self: this }, function*() {
       if (!this.initialized) yield* this.initialize
       while (true) {
@@ -492,7 +499,10 @@ export class TopicActor {
           if (next === undefined) {
             if (this.refCount > 0) {
               // Mailbox empty, subscribers present: end this fiber; the next message starts another.
+              // Per launch as well: this fiber's exit must read as parked even if a message has
+              // already cleared the actor's flag (and scheduled the next fiber) before it exits.
               this.parked = true
+              launched.parked = true
               return
             }
             const got = yield* Effect.timeoutOption(this.awaitMessage, this.env.idleTtlMs)
@@ -555,11 +565,17 @@ export class TopicActor {
     )
   }
 
+  /** `launch` threw (a bug): the actor is over, as if its fiber had died of the defect. */
+  launchFailed(defect: unknown): void {
+    this.failed(Cause.die(defect))
+  }
+
   /** Starts a fiber that handles the mailbox (at the start, and when a parked actor is woken). */
   launch(): void {
-    const fiber = Fiber.runIn(Effect.runForkWith(this.env.context)(this.run), this.env.scope)
+    const launched = { parked: false }
+    const fiber = Fiber.runIn(Effect.runForkWith(this.env.context)(this.run(launched)), this.env.scope)
     fiber.addObserver((exit) => {
-      if (this.parked) return
+      if (launched.parked) return
       if (Exit.isFailure(exit) && !Cause.hasInterruptsOnly(exit.cause)) this.failed(exit.cause)
       else this.env.onStopped(this)
     })

@@ -6,11 +6,14 @@
  *   nothing after it.
  * - A parked actor (subscribers, empty mailbox, no fiber) is woken by any message, and several
  *   actors woken in one turn all run.
+ * - A message that arrives between a fiber parking and that fiber exiting (it yielded to the
+ *   scheduler in between) wakes the next fiber, and the exiting one is not taken for a stopped
+ *   actor (found in review: the hub forgot a live actor, its subscribers went silent).
  * - A notification refused by a full mailbox is not lost: the actor reads up to it next (before,
  *   it waited for the next notification or the feed's reconciler).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Scope } from "effect"
+import { Context, Deferred, Effect, Exit, Scheduler, Scope } from "effect"
 import { PROTO_SUBPROTOCOL, decodeServerFrame, type EncodedFrame } from "../../src/domain/Protocol.ts"
 import { encodeUpdate } from "../../src/domain/UpdateEncoding.ts"
 import type { Journal, StoredEntry } from "../../src/services/Journal.ts"
@@ -94,18 +97,20 @@ const eventually = (check: () => boolean, what: string) =>
     assert.fail(`timed out waiting until ${what}`)
   })
 
-const setup = (capacity: number) =>
+const setup = (capacity: number, scheduler?: Scheduler.Scheduler) =>
   Effect.gen(function*() {
     const fake = fakeJournal()
     const scope = yield* Scope.make()
+    const stopped: Array<string> = []
+    const context = yield* Effect.context<never>()
     const env: ActorEnv = {
       journal: fake.journal,
       settings: { ringCapacity: 100, maxFrameBytes: 1 << 20, maxItemsPerFrame: 512, readBatch: 1000 },
       idleTtlMs: 60_000,
       scope,
-      context: yield* Effect.context<never>(),
+      context: scheduler === undefined ? context : Context.add(context, Scheduler.Scheduler, scheduler),
       tryRetire: (actor) => actor.refCount === 0,
-      onStopped: () => {}
+      onStopped: (actor) => void stopped.push(actor.topic)
     }
     const start = (topic: string) => {
       const actor = new TopicActor(topic, env, capacity)
@@ -119,7 +124,7 @@ const setup = (capacity: number) =>
         assert.isTrue(actor.offerControl({ _tag: "Join", subscriber, epoch: EPOCH, lastSeq, minHeadSeq: 0, reply: reply as never }))
         return yield* Deferred.await(reply)
       })
-    return { fake, start, join, close: Scope.close(scope, Exit.void) }
+    return { fake, start, join, stopped, close: Scope.close(scope, Exit.void) }
   })
 
 describe("TopicActor", () => {
@@ -189,6 +194,41 @@ describe("TopicActor", () => {
       yield* eventually(() => subs[1]!.seqs.length === 3, "t2 delivered 3")
       assert.deepStrictEqual(subs[1]!.seqs, [1, 2, 3])
       assert.deepStrictEqual(subs[0]!.seqs, [1, 2])
+      yield* close
+    }))
+
+  it.live("a message between a fiber parking and its exit neither loses the actor nor its wake-up", () =>
+    Effect.gen(function*() {
+      /** Yields once, right after the actor parked, and injects a message while that fiber is suspended. */
+      let arm: { actor: TopicActor; inject: () => void } | undefined
+      class YieldAfterPark extends Scheduler.MixedScheduler {
+        override shouldYield(fiber: Parameters<Scheduler.MixedScheduler["shouldYield"]>[0]) {
+          if (arm !== undefined && (arm.actor as unknown as { parked: boolean }).parked) {
+            const { inject } = arm
+            arm = undefined
+            setImmediate(inject)
+            return true
+          }
+          return super.shouldYield(fiber)
+        }
+      }
+      const { fake, start, join, stopped, close } = yield* setup(16, new YieldAfterPark())
+      const actor = start("t")
+      const a = recorder("a")
+      // The join is handled, the fiber parks, yields, and a notification arrives before it exits.
+      arm = { actor, inject: () => {
+        fake.append("t", 1)
+        actor.notify(1)
+      } }
+      yield* join(actor, a.subscriber, 0)
+      yield* eventually(() => a.seqs.length === 1, "entry 1 delivered by the next fiber")
+      assert.deepStrictEqual(stopped, [], "the exiting parked fiber was taken for a stopped actor")
+      // Still served: a later notification is delivered too.
+      fake.append("t", 2)
+      actor.notify(2)
+      yield* eventually(() => a.seqs.length === 2, "entry 2 delivered")
+      assert.deepStrictEqual(a.seqs, [1, 2])
+      assert.deepStrictEqual(stopped, [])
       yield* close
     }))
 })
