@@ -42,11 +42,15 @@ describe("WireFrame", () => {
     assert.notStrictEqual(wb, wa)
     assert.deepStrictEqual(wb, wa)
     assert.deepStrictEqual(wireFrame("{}"), buildWireFrame("{}"))
+    // Binary frames are remembered per frame object: interleaved with JSON (mixed subprotocols
+    // on one topic) or written later (behind a backlog), still built once.
+    assert.strictEqual(wireFrame(a), wa)
+    assert.strictEqual(wireFrame(b), wb)
   })
 
-  it.effect("a ws client reads what a WsPort writes, in order, and the close handshake still works", () =>
+  const roundTrip = (deflate: boolean) =>
     Effect.gen(function*() {
-      const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false })
+      const wss = new WebSocketServer({ noServer: true, perMessageDeflate: deflate })
       const server = createServer()
       const ports: Array<WsPort> = []
       server.on("connection", (socket) => {
@@ -64,7 +68,7 @@ describe("WireFrame", () => {
       })
       yield* Effect.promise(() => new Promise<void>((r) => server.listen(0, "127.0.0.1", r)))
       const { port } = server.address() as AddressInfo
-      const client = new WebSocket(`ws://127.0.0.1:${port}/`)
+      const client = new WebSocket(`ws://127.0.0.1:${port}/`, { perMessageDeflate: deflate })
       const received: Array<string> = []
       const closed = new Promise<number>((resolve) => client.on("close", (code) => resolve(code)))
       client.on("message", (data, isBinary) => received.push(isBinary ? `bin:${[...(data as Buffer)]}` : data.toString()))
@@ -72,16 +76,25 @@ describe("WireFrame", () => {
       while (ports.length === 0) yield* Effect.promise(() => new Promise((r) => setTimeout(r, 5)))
       const p = ports[0]!
       const big = "x".repeat(70_000)
+      const bigBinary = new Uint8Array(70_000).fill(9) // written as header + payload, not copied
       assert.isTrue(p.writeNow("one"))
       yield* p.write([new Uint8Array([7, 8]), "two", big])
       yield* p.write(["three"])
+      assert.isTrue(p.writeNow(bigBinary))
+      yield* p.write([bigBinary, "four"])
       yield* p.close(1000, "bye")
       const code = yield* Effect.promise(() => closed)
       assert.strictEqual(code, 1000)
-      assert.deepStrictEqual(received, ["one", "bin:7,8", "two", big, "three"])
+      const bigReceived = `bin:${[...bigBinary]}`
+      assert.deepStrictEqual(received, ["one", "bin:7,8", "two", big, "three", bigReceived, bigReceived, "four"])
       // After close nothing more is written.
       assert.isFalse(p.writeNow("late"))
       server.close()
       wss.close()
-    }))
+    })
+
+  it.effect("a ws client reads what a WsPort writes, in order, and the close handshake still works", () => roundTrip(false))
+
+  // Compression is off in the daemon; were it negotiated, frames must go through ws's sender.
+  it.effect("with permessage-deflate negotiated, frames go through ws (compressed), same result", () => roundTrip(true))
 })

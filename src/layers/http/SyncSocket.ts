@@ -32,7 +32,7 @@ import {
 import { Lifecycle } from "../../services/Lifecycle.ts"
 import { json } from "./HttpSupport.ts"
 import { DirectUpgrades, webSocketServerOptions } from "./SyncHttpServer.ts"
-import { wireFrame } from "./WireFrame.ts"
+import { writeFrame } from "./WireFrame.ts"
 
 const SYNC_PATH = "/sync/v1"
 
@@ -91,11 +91,16 @@ export class WsPort implements PushSocketPort {
   private readonly nodeSocket: NetSocket
   private handlers: PortHandlers | undefined
   private early: Array<Uint8Array | string> | undefined
+  /** No extension negotiated (compression is off by config): frames go to the TCP socket as is. */
+  private readonly raw: boolean
 
   constructor(ws: WebSocket, nodeSocket: NetSocket, subprotocol: Subprotocol) {
     this.ws = ws
     this.nodeSocket = nodeSocket
     this.subprotocol = subprotocol
+    // With an extension (permessage-deflate) ws's sender may transform and queue frames: then
+    // every frame goes through it.
+    this.raw = ws.extensions === ""
     ws.binaryType = "nodebuffer"
     ws.on("message", (data: Buffer, isBinary: boolean) => {
       const message = isBinary ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : data.toString("utf8")
@@ -128,12 +133,12 @@ export class WsPort implements PushSocketPort {
       // ws.send does nothing after close (its callback-less form only counts the bytes).
       if (this.ws.readyState !== WebSocket.OPEN) return
       if (frames.length === 1) {
-        this.nodeSocket.write(wireFrame(frames[0]!))
+        this.send(frames[0]!)
         return
       }
       this.nodeSocket.cork()
       try {
-        for (const f of frames) this.nodeSocket.write(wireFrame(f))
+        for (const f of frames) this.send(f)
       } finally {
         this.nodeSocket.uncork()
       }
@@ -142,8 +147,13 @@ export class WsPort implements PushSocketPort {
 
   writeNow(frame: EncodedFrame): boolean {
     if (this.ws.readyState !== WebSocket.OPEN) return false
-    this.nodeSocket.write(wireFrame(frame))
+    this.send(frame)
     return true
+  }
+
+  private send(frame: EncodedFrame): void {
+    if (this.raw) writeFrame(this.nodeSocket, frame)
+    else this.ws.send(frame)
   }
 
   bufferedBytes(): number {
