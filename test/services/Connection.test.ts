@@ -231,6 +231,30 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
           assertOpen(fake)
         }))
 
+      it.effect("off the 100 ms grid: the Heartbeat comes at the next grid point (never before the interval), one encoding per tick", () =>
+        Effect.gen(function*() {
+          const t = yield* freshTime
+          const interval = settings.heartbeatIntervalMs
+          yield* TestClock.adjust(37)
+          const a = (yield* connect(sp)).fake
+          yield* TestClock.adjust(30)
+          const b = (yield* connect(sp)).fake
+          // Due at t + 37 + interval and t + 67 + interval: both at the grid point after them.
+          const tick = Math.ceil((t + 67 + interval) / 100) * 100
+          yield* TestClock.adjust(tick - (t + 67) - 1)
+          yield* settle
+          assert.strictEqual(a.count("heartbeat") + b.count("heartbeat"), 0, a.describe())
+          yield* TestClock.adjust(1)
+          const ha = yield* a.awaitFrame("heartbeat", 1)
+          const hb = yield* b.awaitFrame("heartbeat", 1)
+          assert.strictEqual(ha.serverTimeMs, BigInt(tick))
+          assert.strictEqual(hb.serverTimeMs, BigInt(tick))
+          // The same encoded frame (encoded once for the tick), not two equal encodings.
+          const rawOf = (fake: typeof a) => fake.raw[fake.frames.findIndex((f) => f.frame.case === "heartbeat")]
+          assert.isDefined(rawOf(a))
+          assert.strictEqual(rawOf(a), rawOf(b))
+        }))
+
       // ---- 4. token expiry
       it.effect("token expiry: open at exp + skew − 1, Goodbye{token_expired} + close 4003 at exp + skew", () =>
         Effect.gen(function*() {
