@@ -64,6 +64,7 @@ import type { Subscriber } from "./TopicActor.ts"
 import { TopicAccess } from "./TopicAccess.ts"
 import { type TopicLease, TopicHub } from "./TopicHub.ts"
 import { TokenVerifier } from "./TokenVerifier.ts"
+import { SmallMap } from "../domain/SmallMap.ts"
 
 /** The socket as the connection sees it (pulled: `runConnection` reads it in a loop). */
 export interface SocketPort {
@@ -212,7 +213,7 @@ class Connection {
   readonly subprotocol: Subprotocol
   readonly connectionId = randomUUID()
   readonly outbound: Outbound
-  readonly subscriptions = new Map<string, Subscription>()
+  readonly subscriptions = new SmallMap<string, Subscription>()
   phase: Phase = "hello"
   /** Who the token says (only what authorization reads: the token itself is not kept). */
   principal: Principal | undefined

@@ -36,6 +36,7 @@ import {
   type Subprotocol
 } from "../domain/Protocol.ts"
 import type { SqlError } from "effect/sql/SqlError"
+import { SmallMap } from "../domain/SmallMap.ts"
 import type { Journal, StoredEntry } from "./Journal.ts"
 
 /** What a connection exposes to the actors of the topics it subscribes to. */
@@ -162,7 +163,7 @@ export class TopicActor {
   private idleWaiter: (() => void) | undefined = undefined
 
   // ---- state (owned by the running fiber)
-  private readonly live = new Map<Subscriber, LiveSubscriber>()
+  private readonly live = new SmallMap<Subscriber, LiveSubscriber>()
   private ring: Array<StoredEntry> = []
   private initialized = false
   private epoch = ""
