@@ -129,6 +129,12 @@ export class Journal extends Context.Service<Journal, {
   ) => Effect.Effect<Appended, SqlError | JournalEntryTooLarge>
   /** Entries with seq > afterSeq, ascending, at most `limit`, with both encodings (live delivery). */
   readonly read: (topic: string, afterSeq: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
+  /** `read` with the journal epoch the rows were read in (same statement; "" when none came back). */
+  readonly readEntries: (
+    topic: string,
+    afterSeq: number,
+    limit: number
+  ) => Effect.Effect<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>
   /**
    * Replay read: the entries after `afterSeq` up to the end of its aligned page (≤ REPLAY_PAGE),
    * in one subprotocol's encoding. Complete pages of `epoch` are immutable, so they are cached
@@ -283,17 +289,23 @@ export class Journal extends Context.Service<Journal, {
       // topic that grew since the last ANALYZE) it becomes a bitmap scan of every entry after x plus
       // a sort, on every read: O(n²) over a long catch-up. Only when the range is empty (entries
       // compacted under a reader far behind) does the open-ended query find what follows the gap.
-      const read = (topic: string, afterSeq: number, limit: number) =>
-        sql<EntryRow>`
-          SELECT seq, update_pb, update_json FROM runtime.sync_stream_events
+      // The epoch comes from the same statement (one snapshot): a reader can tell rows written
+      // after a rebuild from the ones it expects.
+      const readEntries = (topic: string, afterSeq: number, limit: number) =>
+        sql<EntryRow & { epoch: string }>`
+          SELECT seq, update_pb, update_json, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
+          FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq > ${afterSeq} AND seq <= ${afterSeq + limit} ORDER BY seq`.pipe(
           Effect.flatMap((rows) =>
-            rows.length > 0 ? Effect.succeed(rows) : sql<EntryRow>`
-              SELECT seq, update_pb, update_json FROM runtime.sync_stream_events
+            rows.length > 0 ? Effect.succeed(rows) : sql<EntryRow & { epoch: string }>`
+              SELECT seq, update_pb, update_json, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
+              FROM runtime.sync_stream_events
               WHERE topic = ${topic} AND seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`
           ),
-          Effect.map((rows) => rows.map(toEntry))
+          Effect.map((rows) => ({ epoch: rows[0]?.epoch ?? "", rows: rows.map(toEntry) }))
         )
+      const read = (topic: string, afterSeq: number, limit: number) =>
+        Effect.map(readEntries(topic, afterSeq, limit), (r) => r.rows)
 
       // ---- replay pages: an LRU of complete pages (Map order = recency) and the reads in flight
       const pageCache = new Map<string, { readonly entries: ReadonlyArray<StoredEntry>; readonly bytes: number }>()
@@ -428,7 +440,7 @@ export class Journal extends Context.Service<Journal, {
           })
         )
 
-      return Journal.of({ append, appendAll, read, readReplayPage, position, epoch })
+      return Journal.of({ append, appendAll, read, readEntries, readReplayPage, position, epoch })
     })
   )
 }

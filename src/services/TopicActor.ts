@@ -153,7 +153,7 @@ export class TopicActor {
   /** Highest notified seq not yet read; coalesces notifications. */
   private pendingNotifySeq = 0
   private notifyQueued = false
-  /** A `Notify` was refused (mailbox full): the actor reads up to `pendingNotifySeq` next. */
+  /** A `Notify` was refused (mailbox full): it is queued as soon as the actor takes a message. */
   private notifyRefused = false
   /** A Resync could not be enqueued (mailbox full): the actor performs it before its next message. */
   private resyncPending = false
@@ -201,7 +201,7 @@ export class TopicActor {
 
   /**
    * Records a notification; enqueues at most one `Notify` at a time. A full mailbox does not lose
-   * it: the actor reads up to the notified seq before its next message (or before parking).
+   * it: it is queued in the first slot the actor frees (so it never overtakes what came before).
    */
   notify(seq: number): void {
     if (seq > this.pendingNotifySeq) this.pendingNotifySeq = seq
@@ -211,10 +211,8 @@ export class TopicActor {
   private queueNotify(): void {
     if (this.notifyQueued) return
     this.notifyQueued = this.offer({ _tag: "Notify" })
-    if (!this.notifyQueued && !this.shut) {
-      this.notifyRefused = true
-      // The mailbox is full, so a fiber runs (or is scheduled) and will see the flag.
-    }
+    // The mailbox is full, so a fiber runs (or is scheduled) and its next take re-queues it.
+    if (!this.notifyQueued && !this.shut) this.notifyRefused = true
   }
 
   /** A resync that a full mailbox must not lose: the actor checks the flag before every message. */
@@ -244,6 +242,12 @@ export class TopicActor {
     } else if (this.mailboxHead >= 1024) {
       this.mailbox.splice(0, this.mailboxHead)
       this.mailboxHead = 0
+    }
+    // A slot is free: a refused Notify takes it, behind what was queued before it (a Resync
+    // queued ahead of it must run first, or the read could deliver another epoch's entries).
+    if (this.notifyRefused && !this.shut) {
+      this.notifyRefused = false
+      this.queueNotify()
     }
     return m
   }
@@ -321,12 +325,20 @@ export class TopicActor {
     }
   }
 
-  /** Reads the journal from `head` up to at least `target` (or until it is exhausted). */
+  /**
+   * Reads the journal from `head` up to at least `target` (or until it is exhausted). Rows of
+   * another epoch than ours (a rebuild committed and we have not handled its Resync yet) are
+   * never delivered: the actor resets for that epoch instead.
+   */
   private readUpTo(target: number): Effect.Effect<void, SqlError> {
     return Effect.gen({ self: this }, function*() {
       while (this.head < target) {
-        const rows = yield* this.env.journal.read(this.topic, this.head, this.env.settings.readBatch)
+        const { epoch, rows } = yield* this.env.journal.readEntries(this.topic, this.head, this.env.settings.readBatch)
         if (rows.length === 0) break
+        if (epoch !== this.epoch) {
+          yield* this.resetForEpoch(epoch)
+          break
+        }
         // A compacted gap (seq jumps past head + 1) cannot happen for entries newer than our
         // head while subscribers hold positions; take what is there.
         this.head = rows[rows.length - 1]!.seq
@@ -380,7 +392,11 @@ export class TopicActor {
         if (current !== this.epoch) yield* this.resetForEpoch(current)
         if (m.epoch !== this.epoch) return yield* Deferred.succeed(m.reply, { _tag: "EpochChanged" } as const)
       }
-      if (this.head < m.minHeadSeq) yield* this.readUpTo(m.minHeadSeq)
+      if (this.head < m.minHeadSeq) {
+        yield* this.readUpTo(m.minHeadSeq)
+        // The read found a newer epoch (and reset for it): the subscriber's position is stale.
+        if (m.epoch !== this.epoch) return yield* Deferred.succeed(m.reply, { _tag: "EpochChanged" } as const)
+      }
       if (m.lastSeq + 1 < this.ringStart()) {
         return yield* Deferred.succeed(m.reply, { _tag: "Behind", ringStartSeq: this.ringStart() } as const)
       }
@@ -489,11 +505,6 @@ export class TopicActor {
       while (true) {
         let next: ActorMessage | undefined = this.carry
         this.carry = undefined
-        if (next === undefined && this.notifyRefused) {
-          this.notifyRefused = false
-          this.notifyQueued = true // handled as a queued Notify (which clears it)
-          next = { _tag: "Notify" }
-        }
         if (next === undefined) {
           if (this.shut) return // the actor failed: it is over
           next = this.take()

@@ -9,8 +9,11 @@
  * - A message that arrives between a fiber parking and that fiber exiting (it yielded to the
  *   scheduler in between) wakes the next fiber, and the exiting one is not taken for a stopped
  *   actor (found in review: the hub forgot a live actor, its subscribers went silent).
- * - A notification refused by a full mailbox is not lost: the actor reads up to it next (before,
- *   it waited for the next notification or the feed's reconciler).
+ * - A notification refused by a full mailbox is not lost: it is queued in the first slot the actor
+ *   frees (before, it waited for the next notification or the feed's reconciler) — behind a
+ *   Resync queued earlier, never ahead of it (found in review: it read the rebuilt history and
+ *   sent it labelled with the old epoch).
+ * - Whatever the order of messages, rows read in another epoch are never delivered as ours.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Scheduler, Scope } from "effect"
@@ -21,10 +24,10 @@ import { type ActorEnv, type JoinResult, type Subscriber, TopicActor } from "../
 
 const EPOCH = "epoch-1"
 
-const entry = (seq: number): StoredEntry => ({
+const entry = (seq: number, docKey = `d${seq}`): StoredEntry => ({
   seq,
   ...encodeUpdate(
-    { seq, kind: "run.step", docKey: `d${seq}`, docVersion: seq, schemaVersion: 1, occurredAtMs: 0, committedAtMs: 0 },
+    { seq, kind: "run.step", docKey, docVersion: seq, schemaVersion: 1, occurredAtMs: 0, committedAtMs: 0 },
     undefined
   )
 })
@@ -34,31 +37,42 @@ const fakeJournal = () => {
   const topics = new Map<string, Array<StoredEntry>>()
   let gate: Deferred.Deferred<void> | undefined
   let reads = 0
+  let epoch = EPOCH
   const rows = (topic: string) => topics.get(topic) ?? []
+  const readEntries = (topic: string, afterSeq: number, limit: number) =>
+    Effect.gen(function*() {
+      reads++
+      // What a statement sees is fixed when it starts (its snapshot), not when it returns.
+      const seen = { epoch, rows: rows(topic).filter((e) => e.seq > afterSeq).slice(0, limit) }
+      if (gate !== undefined) yield* Deferred.await(gate)
+      return seen
+    })
   const journal = {
-    read: (topic: string, afterSeq: number, limit: number) =>
-      Effect.gen(function*() {
-        reads++
-        // What a statement sees is fixed when it starts (its snapshot), not when it returns.
-        const seen = rows(topic).filter((e) => e.seq > afterSeq).slice(0, limit)
-        if (gate !== undefined) yield* Deferred.await(gate)
-        return seen
-      }),
-    position: (topic: string) =>
-      Effect.succeed({ epoch: EPOCH, floorSeq: 1, headSeq: rows(topic).length }),
-    epoch: Effect.succeed(EPOCH)
+    readEntries,
+    read: (topic: string, afterSeq: number, limit: number) => Effect.map(readEntries(topic, afterSeq, limit), (r) => r.rows),
+    position: (topic: string) => Effect.sync(() => ({ epoch, floorSeq: 1, headSeq: rows(topic).length })),
+    epoch: Effect.sync(() => epoch)
   } as unknown as Journal["Service"]
   return {
     journal,
-    append: (topic: string, seq: number) => {
+    append: (topic: string, seq: number, docKey?: string) => {
       const list = topics.get(topic) ?? []
-      list.push(entry(seq))
+      list.push(entry(seq, docKey))
       topics.set(topic, list)
+    },
+    /** A rebuild: a new epoch whose history replaces the topic's. */
+    rebuild: (newEpoch: string, topic: string, docKeys: ReadonlyArray<string>) => {
+      epoch = newEpoch
+      topics.set(topic, docKeys.map((d, i) => entry(i + 1, d)))
     },
     hold: Effect.gen(function*() {
       gate = yield* Deferred.make<void>()
     }),
-    release: Effect.suspend(() => (gate === undefined ? Effect.void : Deferred.succeed(gate, undefined).pipe(Effect.asVoid))),
+    release: Effect.suspend(() => {
+      const g = gate
+      gate = undefined
+      return g === undefined ? Effect.void : Deferred.succeed(g, undefined).pipe(Effect.asVoid)
+    }),
     get reads() {
       return reads
     }
@@ -68,6 +82,8 @@ const fakeJournal = () => {
 /** A subscriber that records the seqs of the Updates it is offered. */
 const recorder = (id: string) => {
   const seqs: Array<number> = []
+  /** Every update as `epoch:seq:docKey`, and "EPOCH_CHANGED" when told. */
+  const events: Array<string> = []
   let caughtUp = 0
   const subscriber: Subscriber = {
     connectionId: id,
@@ -76,15 +92,20 @@ const recorder = (id: string) => {
       const decoded = decodeServerFrame(PROTO_SUBPROTOCOL, frame)
       if (decoded._tag === "Success") {
         const f = decoded.success.frame
-        if (f.case === "updates") for (const u of f.value.items) seqs.push(Number(u.seq))
+        if (f.case === "updates") {
+          for (const u of f.value.items) {
+            seqs.push(Number(u.seq))
+            events.push(`${f.value.epoch}:${u.seq}:${u.docKey}`)
+          }
+        }
         if (f.case === "caughtUp") caughtUp++
       }
       return true
     },
-    onEpochChanged: () => {},
+    onEpochChanged: () => void events.push("EPOCH_CHANGED"),
     onActorFailed: () => {}
   }
-  return { subscriber, seqs, get caughtUp() { return caughtUp } }
+  return { subscriber, seqs, events, get caughtUp() { return caughtUp } }
 }
 
 /** Real-time wait (setImmediate wake-ups are not clock time) until `check` holds. */
@@ -229,6 +250,46 @@ describe("TopicActor", () => {
       yield* eventually(() => a.seqs.length === 2, "entry 2 delivered")
       assert.deepStrictEqual(a.seqs, [1, 2])
       assert.deepStrictEqual(stopped, [])
+      yield* close
+    }))
+
+  it.live("a refused notification does not overtake a queued resync: nothing of the new epoch goes out under the old one", () =>
+    Effect.gen(function*() {
+      const { fake, start, join, close } = yield* setup(2)
+      const actor = start("t")
+      const a = recorder("a")
+      yield* join(actor, a.subscriber, 0)
+      fake.append("t", 1, "old1")
+      yield* fake.hold
+      const before = fake.reads
+      actor.notify(1)
+      yield* eventually(() => fake.reads > before, "the actor is reading")
+      // The mailbox fills: a hand-over, then the rebuild's Resync takes the last slot.
+      assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
+      fake.rebuild("epoch-2", "t", ["new1", "new2", "new3"])
+      actor.resync("epoch-2")
+      assert.strictEqual(actor.queueDepth, 2)
+      actor.notify(3) // the new epoch's notification: refused, the mailbox is full
+      yield* fake.release
+      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
+      assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
+      yield* close
+    }))
+
+  it.live("a notification queued before a rebuild reads the rebuilt rows: the actor resets instead of sending them", () =>
+    Effect.gen(function*() {
+      const { fake, start, join, close } = yield* setup(16)
+      const actor = start("t")
+      const a = recorder("a")
+      yield* join(actor, a.subscriber, 0)
+      fake.append("t", 1, "old1")
+      actor.notify(1)
+      yield* eventually(() => a.seqs.length === 1, "entry 1 delivered")
+      // A rebuild commits; its notification arrives before the feed's resync does.
+      fake.rebuild("epoch-2", "t", ["new1", "new2", "new3"])
+      actor.notify(3)
+      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
+      assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
       yield* close
     }))
 })
