@@ -652,6 +652,7 @@ const main = async () => {
       if (!server.alive()) outcome.failures.push(`server exited (${server.child.exitCode ?? server.child.signalCode}); see ${logDir}`)
       outcome.ok = outcome.failures.length === 0
       if (!outcome.ok) log(`    FAILED: ${outcome.failures.join(" | ")}`)
+      if (server.alive()) await settle(server)
     }
     const measuredTo = nowMs()
     await server.stop().catch((e: unknown) => log(`  stop failed: ${String(e)}`))
@@ -684,6 +685,25 @@ const main = async () => {
   }
   log("\nall scenarios completed; correctness checks passed")
   process.exit(0)
+}
+
+/**
+ * Waits until the server is quiet before the next scenario (every system alike): closing 10,000
+ * idle connections, for one, leaves the server busy for seconds (connection teardown, a major
+ * collection of what they held), which a scenario started meanwhile would be charged for.
+ * Quiet: under 5 % of a core for one second; at most 30 s.
+ */
+const settle = async (server: Server) => {
+  const t0 = nowMs()
+  let prev = treeCpuMs(server.pid)
+  while (nowMs() - t0 < 30_000) {
+    await sleep(1000)
+    const now = treeCpuMs(server.pid)
+    if (now - prev < 50) break
+    prev = now
+  }
+  const waited = (nowMs() - t0) / 1000
+  if (waited > 1.5) log(`    (server settled after ${waited.toFixed(1)} s)`)
 }
 
 // ---------------------------------------------------------------------------------------------
