@@ -1,9 +1,11 @@
 /**
  * WsPort (the `ws` socket as a connection's push port): messages that arrive before the connection
  * listens are kept and handed over first, in order; later ones go straight through; a socket that
- * closed before the connection listened is reported closed at once.
+ * closed before the connection listened is reported closed at once; any number of waiters for
+ * the socket to drain share one listener pair on it.
  */
 import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
 import { EventEmitter } from "node:events"
 import type { Socket as NetSocket } from "node:net"
 import { WebSocket } from "ws"
@@ -42,4 +44,24 @@ describe("WsPort", () => {
     p.listen({ message: () => {}, closed: () => void closed++ })
     assert.strictEqual(closed, 1)
   })
+
+  it.effect("drain waiters share one listener pair on the socket and all resume on drain", () =>
+    Effect.gen(function*() {
+      const sock = Object.assign(new EventEmitter(), { writableNeedDrain: true, destroyed: false })
+      const p = new WsPort(new FakeWs() as unknown as WebSocket, sock as unknown as NetSocket, "khala.v1.proto")
+      const fibers = []
+      for (let i = 0; i < 20; i++) fibers.push(yield* Effect.forkChild(p.awaitDrain))
+      yield* Effect.yieldNow
+      assert.strictEqual(sock.listenerCount("drain"), 1)
+      assert.strictEqual(sock.listenerCount("close"), 1)
+      // An interrupted waiter leaves; the others still resume.
+      yield* Fiber.interrupt(fibers[0]!)
+      sock.emit("drain")
+      for (const f of fibers.slice(1)) yield* Fiber.join(f)
+      assert.strictEqual(sock.listenerCount("drain"), 0)
+      assert.strictEqual(sock.listenerCount("close"), 0)
+      // Nothing to wait for once drained.
+      sock.writableNeedDrain = false
+      yield* p.awaitDrain
+    }))
 })

@@ -54,17 +54,36 @@ const admit = (
 
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 2_000
 
+/** Who waits for each socket to drain: one `drain`/`close` listener pair per socket, however many wait. */
+const drainWaiters = new WeakMap<NetSocket, Set<() => void>>()
+
+/**
+ * Resolves once the socket's send buffer drained (or it closed). A connection may have several
+ * waiters at once (its writer, and a replay per topic waiting for room): they share one listener
+ * pair on the socket instead of adding one each (which also tripped Node's max-listeners warning).
+ */
 const awaitDrain = (sock: NetSocket) =>
   Effect.callback<void>((resume) => {
     // 'drain' is only emitted after a write returned false (writableNeedDrain).
     if (!sock.writableNeedDrain || sock.destroyed) return resume(Effect.void)
+    let waiters = drainWaiters.get(sock)
+    if (waiters === undefined) {
+      const all = new Set<() => void>()
+      waiters = all
+      drainWaiters.set(sock, all)
+      const fire = () => {
+        sock.off("drain", fire)
+        sock.off("close", fire)
+        drainWaiters.delete(sock)
+        for (const w of all) w()
+      }
+      sock.on("drain", fire)
+      sock.on("close", fire)
+    }
     const done = () => resume(Effect.void)
-    sock.once("drain", done)
-    sock.once("close", done)
-    return Effect.sync(() => {
-      sock.off("drain", done)
-      sock.off("close", done)
-    })
+    waiters.add(done)
+    const mine = waiters
+    return Effect.sync(() => void mine.delete(done))
   })
 
 /** A peer that never answers the close handshake is dropped (ws would wait 30 s). */
