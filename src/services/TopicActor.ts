@@ -20,8 +20,10 @@
  *   subscribers) the fiber ends and the actor is marked parked; the next message schedules a new
  *   one (`wake`: one `setImmediate` for all actors woken in the same turn, so hand-overs offered
  *   together are handled together). The check and the parking happen in one synchronous step, so
- *   at most one fiber owns the state at any time. Without subscribers the fiber waits up to
- *   `idleTtlMs` for a message, then asks to retire.
+ *   at most one fiber owns the state at any time. Without subscribers it parks the same way and
+ *   leaves a retirement deadline `idleTtlMs` ahead in the node's timer heap (`Timers`): no fiber
+ *   and no timer of its own waits for it (10,000 clients disconnecting at once used to leave
+ *   10,000 fibers with their timers for the whole TTL, and slowed the node meanwhile).
  * - An idle topic costs one object (no closures, no fiber, no queue): a class with its own small
  *   mailbox, since an idle subscriber usually has a topic of its own.
  */
@@ -38,6 +40,7 @@ import {
 import type { SqlError } from "effect/sql/SqlError"
 import { SmallMap } from "../domain/SmallMap.ts"
 import type { Journal, StoredEntry } from "./Journal.ts"
+import type { TimerEntry, Timers } from "./Timers.ts"
 
 /** What a connection exposes to the actors of the topics it subscribes to. */
 export interface Subscriber {
@@ -101,10 +104,12 @@ export interface ActorEnv {
   readonly journal: Journal["Service"]
   readonly settings: ActorSettings
   readonly idleTtlMs: number
+  /** The node's deadline heap: an actor without subscribers waits for retirement in it. */
+  readonly timers: Timers
   /** Fibers run in this scope (interrupted with it) and context. */
   readonly scope: Scope.Scope
   readonly context: Context.Context<never>
-  /** Called (synchronously) when idle; returns true if the actor may stop (no subscriber raced in). */
+  /** Called (synchronously) at the retirement deadline; true if the actor may stop (no subscriber raced in). */
   readonly tryRetire: (actor: TopicActor) => boolean
   /**
    * Called once when the actor is gone: retired, or its fiber ended abnormally (interrupted with
@@ -159,8 +164,8 @@ export class TopicActor {
   private resyncPending = false
   /** No fiber runs: the next message schedules one. */
   private parked = false
-  /** The running fiber waits for a message (no subscribers, idle TTL running). */
-  private idleWaiter: (() => void) | undefined = undefined
+  /** Parked without subscribers: when it retires unless a message comes first. */
+  private retireAt: TimerEntry | undefined = undefined
 
   // ---- state (owned by the running fiber)
   private readonly live = new SmallMap<Subscriber, LiveSubscriber>()
@@ -222,11 +227,7 @@ export class TopicActor {
 
   private enqueue(m: ActorMessage) {
     this.mailbox.push(m)
-    const waiter = this.idleWaiter
-    if (waiter !== undefined) {
-      this.idleWaiter = undefined
-      waiter()
-    } else if (this.parked) {
+    if (this.parked) {
       this.parked = false
       if (woken.push(this) === 1) setImmediate(launchWoken)
     }
@@ -252,15 +253,12 @@ export class TopicActor {
     return m
   }
 
-  /** Resolves when a message is in the mailbox (the fiber waits for one without subscribers). */
-  private get awaitMessage(): Effect.Effect<void> {
-    return Effect.callback<void>((resume) => {
-      if (this.queueDepth > 0 || this.shut) return resume(Effect.void)
-      this.idleWaiter = () => resume(Effect.void)
-      return Effect.sync(() => {
-        this.idleWaiter = undefined
-      })
-    })
+  /** The retirement deadline passed with the actor still parked, unused and unsubscribed. */
+  private retireIfIdle(): void {
+    this.retireAt = undefined
+    if (!this.parked || this.shut || this.queueDepth > 0) return
+    // The hub forgets it unless a subscription raced in (that one's Join will wake it).
+    if (this.env.tryRetire(this)) this.shut = true
   }
 
   // ---- delivery
@@ -509,18 +507,17 @@ export class TopicActor {
           if (this.shut) return // the actor failed: it is over
           next = this.take()
           if (next === undefined) {
-            if (this.refCount > 0) {
-              // Mailbox empty, subscribers present: end this fiber; the next message starts another.
-              // Per launch as well: this fiber's exit must read as parked even if a message has
-              // already cleared the actor's flag (and scheduled the next fiber) before it exits.
-              this.parked = true
-              launched.parked = true
-              return
+            // Mailbox empty: end this fiber; the next message starts another. Without
+            // subscribers, the retirement deadline waits in the node's timer heap.
+            if (this.refCount === 0) {
+              const timers = this.env.timers
+              this.retireAt = timers.schedule(timers.now() + this.env.idleTtlMs, () => this.retireIfIdle())
             }
-            const got = yield* Effect.timeoutOption(this.awaitMessage, this.env.idleTtlMs)
-            // Retire only with nothing queued (a message may have come in as the wait timed out).
-            if (got._tag === "None" && this.queueDepth === 0 && this.env.tryRetire(this)) return
-            continue
+            // Per launch as well: this fiber's exit must read as parked even if a message has
+            // already cleared the actor's flag (and scheduled the next fiber) before it exits.
+            this.parked = true
+            launched.parked = true
+            return
           }
         }
         // Set before anything below can fail: a defect must still answer this message if it is a Join.
@@ -584,6 +581,11 @@ export class TopicActor {
 
   /** Starts a fiber that handles the mailbox (at the start, and when a parked actor is woken). */
   launch(): void {
+    // A message came before the retirement deadline: the actor goes on.
+    if (this.retireAt !== undefined) {
+      this.env.timers.cancel(this.retireAt)
+      this.retireAt = undefined
+    }
     const launched = { parked: false }
     const fiber = Fiber.runIn(Effect.runForkWith(this.env.context)(this.run(launched)), this.env.scope)
     fiber.addObserver((exit) => {

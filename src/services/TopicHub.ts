@@ -9,6 +9,7 @@ import { Context, Deferred, Effect, Layer, Metric, Schedule } from "effect"
 import type { SqlError } from "effect/sql/SqlError"
 import { KhalaConfig } from "../layers/Config.ts"
 import { Journal, type StoredEntry } from "./Journal.ts"
+import { Timers } from "./Timers.ts"
 import { flushDelivered, topicQueueDepth } from "./Metrics.ts"
 import { type ActorEnv, type JoinResult, type Subscriber, TopicActor, type TopicStats } from "./TopicActor.ts"
 
@@ -103,6 +104,7 @@ export class TopicHub extends Context.Service<TopicHub, {
           readBatch: 1000
         },
         idleTtlMs: config.topicIdleTtlMs,
+        timers: yield* Timers.forClock,
         scope,
         context: yield* Effect.context<never>(),
         tryRetire: (actor) => {

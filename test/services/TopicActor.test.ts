@@ -14,12 +14,15 @@
  *   Resync queued earlier, never ahead of it (found in review: it read the rebuilt history and
  *   sent it labelled with the old epoch).
  * - Whatever the order of messages, rows read in another epoch are never delivered as ours.
+ * - Without subscribers an actor parks like any other and retires at its deadline in the node's
+ *   timer heap; a message before the deadline keeps it, and a subscription that raced in keeps it.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Scheduler, Scope } from "effect"
 import { PROTO_SUBPROTOCOL, decodeServerFrame, type EncodedFrame } from "../../src/domain/Protocol.ts"
 import { encodeUpdate } from "../../src/domain/UpdateEncoding.ts"
 import type { Journal, StoredEntry } from "../../src/services/Journal.ts"
+import { Timers } from "../../src/services/Timers.ts"
 import { type ActorEnv, type JoinResult, type Subscriber, TopicActor } from "../../src/services/TopicActor.ts"
 
 const EPOCH = "epoch-1"
@@ -118,19 +121,25 @@ const eventually = (check: () => boolean, what: string) =>
     assert.fail(`timed out waiting until ${what}`)
   })
 
-const setup = (capacity: number, scheduler?: Scheduler.Scheduler) =>
+const setup = (capacity: number, scheduler?: Scheduler.Scheduler, idleTtlMs = 60_000) =>
   Effect.gen(function*() {
     const fake = fakeJournal()
     const scope = yield* Scope.make()
     const stopped: Array<string> = []
+    const retired: Array<string> = []
     const context = yield* Effect.context<never>()
     const env: ActorEnv = {
       journal: fake.journal,
       settings: { ringCapacity: 100, maxFrameBytes: 1 << 20, maxItemsPerFrame: 512, readBatch: 1000 },
-      idleTtlMs: 60_000,
+      idleTtlMs,
+      timers: yield* Timers.forClock,
       scope,
       context: scheduler === undefined ? context : Context.add(context, Scheduler.Scheduler, scheduler),
-      tryRetire: (actor) => actor.refCount === 0,
+      tryRetire: (actor) => {
+        if (actor.refCount > 0) return false
+        retired.push(actor.topic)
+        return true
+      },
       onStopped: (actor) => void stopped.push(actor.topic)
     }
     const start = (topic: string) => {
@@ -145,7 +154,7 @@ const setup = (capacity: number, scheduler?: Scheduler.Scheduler) =>
         assert.isTrue(actor.offerControl({ _tag: "Join", subscriber, epoch: EPOCH, lastSeq, minHeadSeq: 0, reply: reply as never }))
         return yield* Deferred.await(reply)
       })
-    return { fake, start, join, stopped, close: Scope.close(scope, Exit.void) }
+    return { fake, start, join, stopped, retired, close: Scope.close(scope, Exit.void) }
   })
 
 describe("TopicActor", () => {
@@ -290,6 +299,38 @@ describe("TopicActor", () => {
       actor.notify(3)
       yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
       assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
+      yield* close
+    }))
+
+  it.live("without subscribers an actor parks and retires at its deadline; a message or a lease first keeps it", () =>
+    Effect.gen(function*() {
+      const { fake, start, join, stopped, retired, close } = yield* setup(16, undefined, 60)
+      const actor = start("t")
+      const a = recorder("a")
+      yield* join(actor, a.subscriber, 0)
+      // The last subscriber leaves: the actor parks with a deadline, no fiber.
+      actor.refCount--
+      assert.isTrue(actor.offerControl({ _tag: "Leave", subscriber: a.subscriber, evicted: false }))
+      // A notification before the deadline wakes it (and moves the deadline).
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 30)))
+      fake.append("t", 1)
+      actor.notify(1)
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 40)))
+      assert.deepStrictEqual(retired, [], "still there 70 ms after the leave: the notification moved the deadline")
+      // Left alone, it retires (the hub is asked), and afterwards it takes nothing.
+      yield* eventually(() => retired.includes("t"), "the actor retired")
+      assert.isFalse(actor.offer({ _tag: "Notify" }))
+      assert.deepStrictEqual(stopped, [], "retirement is the hub's tryRetire, not a stopped fiber")
+      // A lease taken before the deadline keeps a parked actor.
+      const b = start("u")
+      yield* join(b, recorder("b").subscriber, 0)
+      b.refCount-- // the subscription ends…
+      b.offerControl({ _tag: "Leave", subscriber: recorder("x").subscriber, evicted: false })
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+      b.refCount++ // …and another is acquired (its Join not sent yet) before the deadline
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
+      assert.deepStrictEqual(retired, ["t"], "a lease held at the deadline keeps the actor")
+      assert.isTrue(b.offer({ _tag: "Notify" }))
       yield* close
     }))
 })
