@@ -79,8 +79,8 @@ export class Outbound {
   }
 
   /**
-   * Switches to demand mode: `start` is called synchronously whenever a frame is queued while no
-   * writer is active; it must start one that drains with `takeNow`.
+   * Switches to demand mode: `target.startWriter()` is called synchronously whenever a frame is
+   * queued while no writer is active; it must start one that drains with `takeNow`.
    */
   onDemand(target: DemandTarget): void {
     this.demand = target
