@@ -127,10 +127,11 @@ export class Journal extends Context.Service<Journal, {
     committedAtMs: number,
     options?: { readonly notify: boolean }
   ) => Effect.Effect<Appended, SqlError | JournalEntryTooLarge>
-  /** Entries with seq > afterSeq, ascending, at most `limit`, with both encodings (live delivery). */
-  readonly read: (topic: string, afterSeq: number, limit: number) => Effect.Effect<ReadonlyArray<StoredEntry>, SqlError>
-  /** `read` with the journal epoch the rows were read in (same statement; "" when none came back). */
-  readonly readEntries: (
+  /**
+   * Entries with seq > afterSeq, ascending, at most `limit`, with both encodings (live delivery),
+   * and the journal epoch they were read in (same statement; "" when none came back).
+   */
+  readonly read: (
     topic: string,
     afterSeq: number,
     limit: number
@@ -291,7 +292,7 @@ export class Journal extends Context.Service<Journal, {
       // compacted under a reader far behind) does the open-ended query find what follows the gap.
       // The epoch comes from the same statement (one snapshot): a reader can tell rows written
       // after a rebuild from the ones it expects.
-      const readEntries = (topic: string, afterSeq: number, limit: number) =>
+      const read = (topic: string, afterSeq: number, limit: number) =>
         sql<EntryRow & { epoch: string }>`
           SELECT seq, update_pb, update_json, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
           FROM runtime.sync_stream_events
@@ -304,8 +305,6 @@ export class Journal extends Context.Service<Journal, {
           ),
           Effect.map((rows) => ({ epoch: rows[0]?.epoch ?? "", rows: rows.map(toEntry) }))
         )
-      const read = (topic: string, afterSeq: number, limit: number) =>
-        Effect.map(readEntries(topic, afterSeq, limit), (r) => r.rows)
 
       // ---- replay pages: an LRU of complete pages (Map order = recency) and the reads in flight
       const pageCache = new Map<string, { readonly entries: ReadonlyArray<StoredEntry>; readonly bytes: number }>()
@@ -440,7 +439,7 @@ export class Journal extends Context.Service<Journal, {
           })
         )
 
-      return Journal.of({ append, appendAll, read, readEntries, readReplayPage, position, epoch })
+      return Journal.of({ append, appendAll, read, readReplayPage, position, epoch })
     })
   )
 }

@@ -331,7 +331,7 @@ export class TopicActor {
   private readUpTo(target: number): Effect.Effect<void, SqlError> {
     return Effect.gen({ self: this }, function*() {
       while (this.head < target) {
-        const { epoch, rows } = yield* this.env.journal.readEntries(this.topic, this.head, this.env.settings.readBatch)
+        const { epoch, rows } = yield* this.env.journal.read(this.topic, this.head, this.env.settings.readBatch)
         if (rows.length === 0) break
         if (epoch !== this.epoch) {
           yield* this.resetForEpoch(epoch)

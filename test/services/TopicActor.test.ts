@@ -42,7 +42,7 @@ const fakeJournal = () => {
   let reads = 0
   let epoch = EPOCH
   const rows = (topic: string) => topics.get(topic) ?? []
-  const readEntries = (topic: string, afterSeq: number, limit: number) =>
+  const read = (topic: string, afterSeq: number, limit: number) =>
     Effect.gen(function*() {
       reads++
       // What a statement sees is fixed when it starts (its snapshot), not when it returns.
@@ -51,8 +51,7 @@ const fakeJournal = () => {
       return seen
     })
   const journal = {
-    readEntries,
-    read: (topic: string, afterSeq: number, limit: number) => Effect.map(readEntries(topic, afterSeq, limit), (r) => r.rows),
+    read,
     position: (topic: string) => Effect.sync(() => ({ epoch, floorSeq: 1, headSeq: rows(topic).length })),
     epoch: Effect.sync(() => epoch)
   } as unknown as Journal["Service"]

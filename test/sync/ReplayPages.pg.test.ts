@@ -46,7 +46,7 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         assert.deepStrictEqual(seqs(json.entries), range(REPLAY_PAGE + 1, 2 * REPLAY_PAGE))
         assert.isTrue(json.entries[0]!.json.startsWith("{"))
         // A page carries exactly the stored encodings (the live path reads them row by row).
-        const rowByRow = yield* journal.read(topic, REPLAY_PAGE, REPLAY_PAGE)
+        const rowByRow = (yield* journal.read(topic, REPLAY_PAGE, REPLAY_PAGE)).rows
         assert.deepStrictEqual(json.entries.map((e) => e.json), rowByRow.map((e) => e.json))
         const pbPage = yield* journal.readReplayPage(topic, epoch, REPLAY_PAGE, "pb")
         assert.deepStrictEqual(pbPage.entries.map((e) => Buffer.from(e.pb).toString("hex")), rowByRow.map((e) => Buffer.from(e.pb).toString("hex")))
@@ -67,18 +67,21 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         assert.notInclude(seqs(other.entries), 10)
       }))
 
-    it.effect("Journal.read: a seq range; past a compacted gap it finds what follows", () =>
+    it.effect("Journal.read: a seq range with its epoch; past a compacted gap it finds what follows", () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         const journal = yield* Journal
         const topic = "run/rp-read"
+        const epoch = yield* journal.epoch
         yield* sql.withTransaction(journal.append(drafts(topic, 10), 1))
-        assert.deepStrictEqual(seqs(yield* journal.read(topic, 2, 3)), [3, 4, 5])
-        assert.deepStrictEqual(seqs(yield* journal.read(topic, 8, 5)), [9, 10])
-        assert.deepStrictEqual(seqs(yield* journal.read(topic, 10, 5)), [])
+        const first = yield* journal.read(topic, 2, 3)
+        assert.deepStrictEqual(seqs(first.rows), [3, 4, 5])
+        assert.strictEqual(first.epoch, epoch)
+        assert.deepStrictEqual(seqs((yield* journal.read(topic, 8, 5)).rows), [9, 10])
+        assert.deepStrictEqual(yield* journal.read(topic, 10, 5), { epoch: "", rows: [] })
         // Entries 1…5 removed under a reader still at 0: the range (0, 3] is empty, the rest is not.
         yield* sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${topic} AND seq <= 5`
-        assert.deepStrictEqual(seqs(yield* journal.read(topic, 0, 3)), [6, 7, 8])
+        assert.deepStrictEqual(seqs((yield* journal.read(topic, 0, 3)).rows), [6, 7, 8])
       }))
 
     it.effect("a page of large entries (20 MB, over the driver's 16 MiB message limit as one row) is read in chunks", () =>
@@ -94,7 +97,7 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
           const size = page.entries.reduce((n, e) => n + (encoding === "pb" ? e.pb.byteLength : e.json.length), 0)
           assert.isAbove(size, 20_000_000)
         }
-        const rowByRow = yield* journal.read(topic, 0, 10)
+        const rowByRow = (yield* journal.read(topic, 0, 10)).rows
         const page = yield* journal.readReplayPage(topic, epoch, 0, "pb")
         assert.deepStrictEqual(
           page.entries.slice(0, 10).map((e) => Buffer.from(e.pb).toString("hex")),
