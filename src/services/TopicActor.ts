@@ -87,11 +87,11 @@ export interface ActorSettings {
 }
 
 export interface TopicStats {
-  subscribers: number
-  deliveredFrames: number
-  deliveredBytes: number
-  evictions: number
-  headSeq: number
+  readonly subscribers: number
+  readonly deliveredFrames: number
+  readonly deliveredBytes: number
+  readonly evictions: number
+  readonly headSeq: number
 }
 
 interface LiveSubscriber {
@@ -145,7 +145,9 @@ const sized = (frames: ReadonlyArray<EncodedFrame>): Array<Sized> =>
 /** One topic's actor; the hub keeps it as the topic's handle. */
 export class TopicActor {
   readonly topic: string
-  readonly stats: TopicStats = { subscribers: 0, deliveredFrames: 0, deliveredBytes: 0, evictions: 0, headSeq: 0 }
+  private deliveredFrames = 0
+  private deliveredBytes = 0
+  private evictions = 0
   /** Subscriptions holding this actor (joined or joining). */
   refCount = 0
   private readonly env: ActorEnv
@@ -182,6 +184,22 @@ export class TopicActor {
     this.topic = topic
     this.env = env
     this.capacity = mailboxCapacity
+  }
+
+  /** The seq this actor has reached (read or handed over). */
+  get headSeq(): number {
+    return this.head
+  }
+
+  /** A snapshot for operators (`GET /internal/v1/khala/fanout/metrics`). */
+  get stats(): TopicStats {
+    return {
+      subscribers: this.live.size,
+      deliveredFrames: this.deliveredFrames,
+      deliveredBytes: this.deliveredBytes,
+      evictions: this.evictions,
+      headSeq: this.head
+    }
   }
 
   // ---- producers
@@ -275,13 +293,12 @@ export class TopicActor {
 
   private send(ls: LiveSubscriber, f: Sized): boolean {
     if (ls.subscriber.offer(f.frame, f.bytes)) {
-      this.stats.deliveredFrames++
-      this.stats.deliveredBytes += f.bytes
+      this.deliveredFrames++
+      this.deliveredBytes += f.bytes
       return true
     }
-    this.stats.evictions++
+    this.evictions++
     this.live.delete(ls.subscriber)
-    this.stats.subscribers = this.live.size
     return false
   }
 
@@ -343,7 +360,6 @@ export class TopicActor {
         this.pushRing(rows)
         this.deliver(rows)
       }
-      this.stats.headSeq = this.head
     })
   }
 
@@ -353,10 +369,8 @@ export class TopicActor {
       this.ring = []
       for (const ls of this.live.values()) ls.subscriber.onEpochChanged(this.topic)
       this.live.clear()
-      this.stats.subscribers = 0
       const notified = this.pendingNotifySeq
       this.head = (yield* this.env.journal.position(this.topic)).headSeq
-      this.stats.headSeq = this.head
       // A notified seq of the old epoch may lie beyond the new head: it would make every later
       // Notify read for entries that will not come. Lowered only if no notification came in
       // during the read (one that did may name entries the read did not see yet).
@@ -376,7 +390,6 @@ export class TopicActor {
     }
     const fresh = entries[0]!.seq > this.head ? entries : entries.filter((e) => e.seq > this.head)
     this.head = last
-    this.stats.headSeq = last
     this.pushRing(fresh)
     for (const e of fresh) out.push(e)
     return Effect.void
@@ -418,7 +431,6 @@ export class TopicActor {
         )])
         if (this.send(ls, caughtUp!)) this.live.set(m.subscriber, ls)
       }
-      this.stats.subscribers = this.live.size
       yield* Deferred.succeed(m.reply, { _tag: "Joined", caughtUpSeq } as const)
     })
   }
@@ -472,9 +484,8 @@ export class TopicActor {
       case "Join":
         return this.onJoin(m)
       case "Leave":
-        if (m.evicted && this.live.has(m.subscriber)) this.stats.evictions++
+        if (m.evicted && this.live.has(m.subscriber)) this.evictions++
         this.live.delete(m.subscriber)
-        this.stats.subscribers = this.live.size
         return Effect.void
       case "Resync":
         return this.onResync(m.epoch)
@@ -558,7 +569,6 @@ export class TopicActor {
     this.shut = true
     const subscribers = [...this.live.keys()]
     this.live.clear()
-    this.stats.subscribers = 0
     for (const subscriber of subscribers) {
       try {
         subscriber.onActorFailed(this.topic)

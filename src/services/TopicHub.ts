@@ -167,7 +167,7 @@ export class TopicHub extends Context.Service<TopicHub, {
           return rows.slice(0, Math.max(0, limit))
         })
 
-      const heads = () => Array.from(actors.values(), (h) => [h.topic, h.stats.headSeq] as const)
+      const heads = () => Array.from(actors.values(), (h) => [h.topic, h.headSeq] as const)
 
       return TopicHub.of({
         acquire,
