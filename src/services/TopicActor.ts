@@ -13,7 +13,8 @@
  *   evicts itself (`slow_consumer`).
  * - Notifications coalesce into at most one pending `Notify` (the highest seq), so the mailbox
  *   stays bounded no matter how fast commits arrive. Hand-overs (`Entries`) and resyncs are
- *   refused when it is full (the caller falls back to a notification / a pending resync); joins
+ *   refused when it is full (a hand-over falls back to a notification; a refused notification or
+ *   resync is queued in the first slot the actor frees, behind older messages); joins
  *   and leaves are always taken (at most one of each per lease, so they are bounded by the
  *   subscriptions holding the actor) — a leave is never lost.
  * - A fiber runs only while the mailbox has work: once it is empty (and the topic has
@@ -160,10 +161,12 @@ export class TopicActor {
   /** Highest notified seq not yet read; coalesces notifications. */
   private pendingNotifySeq = 0
   private notifyQueued = false
-  /** A `Notify` was refused (mailbox full): it is queued as soon as the actor takes a message. */
+  /**
+   * A `Notify` / `Resync` was refused (mailbox full): it is queued in the first slot the actor
+   * frees, behind what was queued before it (never lost, never ahead of older messages).
+   */
   private notifyRefused = false
-  /** A Resync could not be enqueued (mailbox full): the actor performs it before its next message. */
-  private resyncPending = false
+  private resyncRefused = false
   /** No fiber runs: the next message schedules one. */
   private parked = false
   /** Parked without subscribers: when it retires unless a message comes first. */
@@ -238,9 +241,10 @@ export class TopicActor {
     if (!this.notifyQueued && !this.shut) this.notifyRefused = true
   }
 
-  /** A resync that a full mailbox must not lose: the actor checks the flag before every message. */
+  /** Re-reads the position (listener reconnect, epoch change); a full mailbox defers it, never loses it. */
   resync(epoch: string | undefined): void {
-    if (!this.offer({ _tag: "Resync", epoch })) this.resyncPending = true
+    // A deferred one reads the epoch itself when it runs.
+    if (!this.offer({ _tag: "Resync", epoch }) && !this.shut) this.resyncRefused = true
   }
 
   private enqueue(m: ActorMessage) {
@@ -262,8 +266,12 @@ export class TopicActor {
       this.mailbox.splice(0, this.mailboxHead)
       this.mailboxHead = 0
     }
-    // A slot is free: a refused Notify takes it, behind what was queued before it (a Resync
-    // queued ahead of it must run first, or the read could deliver another epoch's entries).
+    // A slot is free: what a full mailbox refused is queued now, behind what came before it (a
+    // Notify must not overtake a queued Resync).
+    if (this.resyncRefused && !this.shut) {
+      this.resyncRefused = false
+      this.resync(undefined)
+    }
     if (this.notifyRefused && !this.shut) {
       this.notifyRefused = false
       this.queueNotify()
@@ -533,12 +541,6 @@ export class TopicActor {
         }
         // Set before anything below can fail: a defect must still answer this message if it is a Join.
         this.handling = next
-        if (this.resyncPending) {
-          this.resyncPending = false
-          yield* this.onResync(undefined).pipe(
-            Effect.catch(() => Effect.sync(() => void (this.resyncPending = true)))
-          )
-        }
         const m = next
         yield* this.handleMessage(m).pipe(
           Effect.catchTag("SqlError", (e) =>
@@ -546,7 +548,9 @@ export class TopicActor {
               yield* Effect.logWarning(`topic ${this.topic}: journal read failed; will retry`, e)
               if (m._tag === "Join") yield* Deferred.fail(m.reply, e).pipe(Effect.ignore)
               yield* Effect.sleep("200 millis")
-              this.queueNotify()
+              // Retried as a message: a resync again (it must not turn into a mere read), else a read.
+              if (m._tag === "Resync") this.resync(m.epoch)
+              else this.queueNotify()
             }))
         )
         this.handling = undefined

@@ -13,6 +13,7 @@
  *   frees (before, it waited for the next notification or the feed's reconciler) — behind a
  *   Resync queued earlier, never ahead of it (found in review: it read the rebuilt history and
  *   sent it labelled with the old epoch).
+ * - A resync refused by a full mailbox is deferred to the first freed slot, never lost.
  * - Whatever the order of messages, rows read in another epoch are never delivered as ours.
  * - Without subscribers an actor parks like any other and retires at its deadline in the node's
  *   timer heap; a message before the deadline keeps it, and a subscription that raced in keeps it.
@@ -330,6 +331,29 @@ describe("TopicActor", () => {
       yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
       assert.deepStrictEqual(retired, ["t"], "a lease held at the deadline keeps the actor")
       assert.isTrue(b.offer({ _tag: "Notify" }))
+      yield* close
+    }))
+
+  it.live("a resync refused by a full mailbox is deferred, not lost: the subscriber learns of the new epoch", () =>
+    Effect.gen(function*() {
+      const { fake, start, join, close } = yield* setup(2)
+      const actor = start("t")
+      const a = recorder("a")
+      yield* join(actor, a.subscriber, 0)
+      fake.append("t", 1, "old1")
+      yield* fake.hold
+      const before = fake.reads
+      actor.notify(1)
+      yield* eventually(() => fake.reads > before, "the actor is reading")
+      // The mailbox fills with hand-overs it already has; the rebuild's resync is refused.
+      assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
+      assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
+      fake.rebuild("epoch-2", "t", ["new1"]) // same head: no read would notice the new epoch
+      actor.resync("epoch-2")
+      assert.strictEqual(actor.queueDepth, 2)
+      yield* fake.release
+      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
+      assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
       yield* close
     }))
 })
