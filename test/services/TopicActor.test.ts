@@ -121,6 +121,16 @@ const eventually = (check: () => boolean, what: string) =>
     assert.fail(`timed out waiting until ${what}`)
   })
 
+/** Makes the actor busy: entry `seq` is committed and notified, and the actor's read of it waits until `release`. */
+const busyReading = (fake: ReturnType<typeof fakeJournal>, actor: TopicActor, seq: number, docKey?: string) =>
+  Effect.gen(function*() {
+    fake.append(actor.topic, seq, docKey)
+    yield* fake.hold
+    const before = fake.reads
+    actor.notify(seq)
+    yield* eventually(() => fake.reads > before, "the actor is reading")
+  })
+
 const setup = (capacity: number, scheduler?: Scheduler.Scheduler, idleTtlMs = 60_000) =>
   Effect.gen(function*() {
     const fake = fakeJournal()
@@ -157,6 +167,23 @@ const setup = (capacity: number, scheduler?: Scheduler.Scheduler, idleTtlMs = 60
     return { fake, start, join, stopped, retired, close: Scope.close(scope, Exit.void) }
   })
 
+/** One actor on topic "t" with one joined subscriber `a`. */
+const joinedActor = (capacity: number) =>
+  Effect.gen(function*() {
+    const env = yield* setup(capacity)
+    const actor = env.start("t")
+    const a = recorder("a")
+    yield* env.join(actor, a.subscriber, 0)
+    return { ...env, actor, a }
+  })
+
+/** `a` got entry 1 of the old epoch, then was told the epoch changed, and nothing of the new one. */
+const toldOfNewEpochOnly = (a: ReturnType<typeof recorder>) =>
+  Effect.gen(function*() {
+    yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
+    assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
+  })
+
 describe("TopicActor", () => {
   it.live("a full mailbox refuses hand-overs but still takes a leave, and handles it", () =>
     Effect.gen(function*() {
@@ -168,11 +195,7 @@ describe("TopicActor", () => {
       assert.deepStrictEqual(yield* join(actor, b.subscriber, 0), { _tag: "Joined", caughtUpSeq: 0 })
 
       // Busy: the actor reads for a notification and the read waits.
-      yield* fake.hold
-      fake.append("t", 1)
-      const readsBefore = fake.reads
-      actor.notify(1)
-      yield* eventually(() => fake.reads > readsBefore, "the actor is reading")
+      yield* busyReading(fake, actor, 1)
 
       // Hand-overs of entries it is reading anyway fill the mailbox; the fifth is refused.
       const handOver = { _tag: "Entries", epoch: EPOCH, entries: [entry(1)] } as const
@@ -264,15 +287,8 @@ describe("TopicActor", () => {
 
   it.live("a refused notification does not overtake a queued resync: nothing of the new epoch goes out under the old one", () =>
     Effect.gen(function*() {
-      const { fake, start, join, close } = yield* setup(2)
-      const actor = start("t")
-      const a = recorder("a")
-      yield* join(actor, a.subscriber, 0)
-      fake.append("t", 1, "old1")
-      yield* fake.hold
-      const before = fake.reads
-      actor.notify(1)
-      yield* eventually(() => fake.reads > before, "the actor is reading")
+      const { fake, actor, a, close } = yield* joinedActor(2)
+      yield* busyReading(fake, actor, 1, "old1")
       // The mailbox fills: a hand-over, then the rebuild's Resync takes the last slot.
       assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
       fake.rebuild("epoch-2", "t", ["new1", "new2", "new3"])
@@ -280,25 +296,20 @@ describe("TopicActor", () => {
       assert.strictEqual(actor.queueDepth, 2)
       actor.notify(3) // the new epoch's notification: refused, the mailbox is full
       yield* fake.release
-      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
-      assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
+      yield* toldOfNewEpochOnly(a)
       yield* close
     }))
 
   it.live("a notification queued before a rebuild reads the rebuilt rows: the actor resets instead of sending them", () =>
     Effect.gen(function*() {
-      const { fake, start, join, close } = yield* setup(16)
-      const actor = start("t")
-      const a = recorder("a")
-      yield* join(actor, a.subscriber, 0)
+      const { fake, actor, a, close } = yield* joinedActor(16)
       fake.append("t", 1, "old1")
       actor.notify(1)
       yield* eventually(() => a.seqs.length === 1, "entry 1 delivered")
       // A rebuild commits; its notification arrives before the feed's resync does.
       fake.rebuild("epoch-2", "t", ["new1", "new2", "new3"])
       actor.notify(3)
-      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
-      assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
+      yield* toldOfNewEpochOnly(a)
       yield* close
     }))
 
@@ -336,15 +347,8 @@ describe("TopicActor", () => {
 
   it.live("a resync refused by a full mailbox is deferred, not lost: the subscriber learns of the new epoch", () =>
     Effect.gen(function*() {
-      const { fake, start, join, close } = yield* setup(2)
-      const actor = start("t")
-      const a = recorder("a")
-      yield* join(actor, a.subscriber, 0)
-      fake.append("t", 1, "old1")
-      yield* fake.hold
-      const before = fake.reads
-      actor.notify(1)
-      yield* eventually(() => fake.reads > before, "the actor is reading")
+      const { fake, actor, a, close } = yield* joinedActor(2)
+      yield* busyReading(fake, actor, 1, "old1")
       // The mailbox fills with hand-overs it already has; the rebuild's resync is refused.
       assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
       assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
@@ -352,8 +356,7 @@ describe("TopicActor", () => {
       actor.resync("epoch-2")
       assert.strictEqual(actor.queueDepth, 2)
       yield* fake.release
-      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
-      assert.deepStrictEqual(a.events, [`${EPOCH}:1:old1`, "EPOCH_CHANGED"])
+      yield* toldOfNewEpochOnly(a)
       yield* close
     }))
 })
