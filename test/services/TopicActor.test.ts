@@ -20,6 +20,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Exit, Scheduler, Scope } from "effect"
+import { TestClock } from "effect/testing"
 import { PROTO_SUBPROTOCOL, decodeServerFrame, type EncodedFrame } from "../../src/domain/Protocol.ts"
 import { encodeUpdate } from "../../src/domain/UpdateEncoding.ts"
 import type { Journal, StoredEntry } from "../../src/services/Journal.ts"
@@ -138,11 +139,12 @@ const setup = (capacity: number, scheduler?: Scheduler.Scheduler, idleTtlMs = 60
     const stopped: Array<string> = []
     const retired: Array<string> = []
     const context = yield* Effect.context<never>()
+    const timers = yield* Timers.forClock
     const env: ActorEnv = {
       journal: fake.journal,
       settings: { ringCapacity: 100, maxFrameBytes: 1 << 20, maxItemsPerFrame: 512, readBatch: 1000 },
       idleTtlMs,
-      timers: yield* Timers.forClock,
+      timers,
       scope,
       context: scheduler === undefined ? context : Context.add(context, Scheduler.Scheduler, scheduler),
       tryRetire: (actor) => {
@@ -164,7 +166,7 @@ const setup = (capacity: number, scheduler?: Scheduler.Scheduler, idleTtlMs = 60
         assert.isTrue(actor.offerControl({ _tag: "Join", subscriber, epoch: EPOCH, lastSeq, minHeadSeq: 0, reply: reply as never }))
         return yield* Deferred.await(reply)
       })
-    return { fake, start, join, stopped, retired, close: Scope.close(scope, Exit.void) }
+    return { fake, start, join, stopped, retired, timers, close: Scope.close(scope, Exit.void) }
   })
 
 /** One actor on topic "t" with one joined subscriber `a`. */
@@ -313,33 +315,40 @@ describe("TopicActor", () => {
       yield* close
     }))
 
-  it.live("without subscribers an actor parks and retires at its deadline; a message or a lease first keeps it", () =>
+  // Deadlines under the TestClock (the node's timer heap runs on it); wake-ups are real turns.
+  it.effect("without subscribers an actor parks and retires exactly at its deadline; a message or a lease first keeps it", () =>
     Effect.gen(function*() {
-      const { fake, start, join, stopped, retired, close } = yield* setup(16, undefined, 60)
+      const { fake, start, join, stopped, retired, timers, close } = yield* setup(16, undefined, 60)
       const actor = start("t")
       const a = recorder("a")
       yield* join(actor, a.subscriber, 0)
-      // The last subscriber leaves: the actor parks with a deadline, no fiber.
+      // The last subscriber leaves: the actor parks with a deadline in the heap, no fiber.
       actor.refCount--
       assert.isTrue(actor.offerControl({ _tag: "Leave", subscriber: a.subscriber, evicted: false }))
-      // A notification before the deadline wakes it (and moves the deadline).
-      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 30)))
+      yield* eventually(() => timers.size === 1, "parked with a retirement deadline")
+      // A notification 1 ms before the deadline wakes it; it parks again with a new deadline.
+      yield* TestClock.adjust(59)
       fake.append("t", 1)
+      const reads = fake.reads
       actor.notify(1)
-      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 40)))
-      assert.deepStrictEqual(retired, [], "still there 70 ms after the leave: the notification moved the deadline")
-      // Left alone, it retires (the hub is asked), and afterwards it takes nothing.
-      yield* eventually(() => retired.includes("t"), "the actor retired")
+      yield* eventually(() => fake.reads > reads && timers.size === 1, "woken, read and parked again")
+      yield* TestClock.adjust(59)
+      assert.deepStrictEqual(retired, [], "the notification moved the deadline")
+      // At the new deadline it retires (the hub is asked), and afterwards it takes nothing.
+      yield* TestClock.adjust(1)
+      yield* eventually(() => retired.includes("t"), "retired at its deadline")
       assert.isFalse(actor.offer({ _tag: "Notify" }))
       assert.deepStrictEqual(stopped, [], "retirement is the hub's tryRetire, not a stopped fiber")
-      // A lease taken before the deadline keeps a parked actor.
+      // A lease held at the deadline keeps a parked actor.
       const b = start("u")
-      yield* join(b, recorder("b").subscriber, 0)
+      const rb = recorder("b")
+      yield* join(b, rb.subscriber, 0)
       b.refCount-- // the subscription ends…
-      b.offerControl({ _tag: "Leave", subscriber: recorder("x").subscriber, evicted: false })
-      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+      b.offerControl({ _tag: "Leave", subscriber: rb.subscriber, evicted: false })
+      yield* eventually(() => timers.size === 1, "parked with a retirement deadline")
       b.refCount++ // …and another is acquired (its Join not sent yet) before the deadline
-      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
+      yield* TestClock.adjust(60)
+      yield* eventually(() => timers.size === 0, "the deadline passed")
       assert.deepStrictEqual(retired, ["t"], "a lease held at the deadline keeps the actor")
       assert.isTrue(b.offer({ _tag: "Notify" }))
       yield* close
