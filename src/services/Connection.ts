@@ -47,6 +47,7 @@ import {
   goodbyeFrame,
   type Subprotocol
 } from "../domain/Protocol.ts"
+import { SmallMap } from "../domain/SmallMap.ts"
 import { KhalaConfig, type KhalaSettings } from "../layers/Config.ts"
 import { Journal, type ReplayPage } from "./Journal.ts"
 import { Lifecycle } from "./Lifecycle.ts"
@@ -64,7 +65,6 @@ import type { Subscriber } from "./TopicActor.ts"
 import { TopicAccess } from "./TopicAccess.ts"
 import { type TopicLease, TopicHub } from "./TopicHub.ts"
 import { TokenVerifier } from "./TokenVerifier.ts"
-import { SmallMap } from "../domain/SmallMap.ts"
 
 /** The socket as the connection sees it (pulled: `runConnection` reads it in a loop). */
 export interface SocketPort {
@@ -230,8 +230,6 @@ class Connection {
   writer: Fiber.Fiber<unknown, unknown> | undefined
   windowStart = 0
   windowCount = 0
-  /** Registered with the node's drain (`onDraining`) until released. */
-  drainRegistered = false
   /** Runs last when the connection is over (release the socket, wake the caller). */
   onEnded: Effect.Effect<void> | undefined
   readonly onTimerFn = (now: number) => this.onTimer(now)
@@ -287,7 +285,6 @@ class Connection {
       yield* Metric.modify(connectionsGauge, 1)
       const timers = this.deps.timers
       this.timer = timers.schedule(timers.now() + this.deps.config.authTimeoutMs, this.onTimerFn)
-      this.drainRegistered = true
       this.deps.lifecycle.onDrain(this)
     })
   }
@@ -307,10 +304,7 @@ class Connection {
     return Effect.gen({ self: this }, function*() {
       this.deps.timers.cancel(this.timer)
       this.timer = undefined
-      if (this.drainRegistered) {
-        this.drainRegistered = false
-        this.deps.lifecycle.offDrain(this)
-      }
+      this.deps.lifecycle.offDrain(this) // idempotent
       const worker = this.worker
       if (worker !== undefined) yield* Fiber.interrupt(worker)
       for (const topic of [...this.subscriptions.keys()]) yield* this.removeSubscription(topic, evicted)

@@ -9,8 +9,8 @@ import { Context, Deferred, Effect, Layer, Metric, Schedule } from "effect"
 import type { SqlError } from "effect/sql/SqlError"
 import { KhalaConfig } from "../layers/Config.ts"
 import { Journal, type StoredEntry } from "./Journal.ts"
-import { Timers } from "./Timers.ts"
 import { flushDelivered, topicQueueDepth } from "./Metrics.ts"
+import { Timers } from "./Timers.ts"
 import { type ActorEnv, type JoinResult, type Subscriber, TopicActor, type TopicStats } from "./TopicActor.ts"
 
 /** Messages an actor's mailbox holds before hand-overs and resyncs are refused (joins and leaves never are). */
