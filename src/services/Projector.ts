@@ -204,6 +204,66 @@ export const upsertCheckpoints = (sql: SqlClient.SqlClient, rows: ReadonlyArray<
     ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
       projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
 
+/**
+ * Many events projected together (a batch, a rebuild page), in order, from the stored documents:
+ * the journal drafts one event at a time would give (with the index of the event each came
+ * from), and the final document of every entity some event changed plus every entity's
+ * checkpoint — one row each, however many of its events the set holds. The caller appends the
+ * drafts and upserts the rows (`upsertDocuments`, `upsertCheckpoints`).
+ */
+export const projectSet = <Doc>(
+  sql: SqlClient.SqlClient,
+  specs: ReadonlyArray<ProjectionSpec<Doc>>,
+  decode: (bytes: Uint8Array) => Doc
+) =>
+  Effect.gen(function*() {
+    const drafts: Array<JournalDraft> = []
+    const draftEvent: Array<number> = []
+    const documents: Array<DocumentRow> = []
+    const checkpoints: Array<CheckpointRow> = []
+    if (specs.length === 0) return { drafts, draftEvent, documents, checkpoints }
+    const kind = specs[0]!.entityKind
+    const docs = new Map<string, StoredDoc<Doc>>()
+    for (
+      const r of yield* sql<{ doc_key: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
+      SELECT doc_key, doc_version, document, doc_hash FROM runtime.read_models
+      WHERE doc_key = ANY(${[...new Set(specs.map((s) => s.docKey))]}::text[])`
+    ) docs.set(r.doc_key, { docVersion: Number(r.doc_version), hash: r.doc_hash, doc: decode(r.document) })
+    // Per entity, in first-seen order: its last step, whether any step changed the document.
+    const finals = new Map<string, { spec: ProjectionSpec<Doc>; step: ProjectionStep<Doc>; changed: boolean }>()
+    specs.forEach((spec, i) => {
+      const step = projectStep(spec, docs.get(spec.docKey))
+      docs.set(spec.docKey, step)
+      for (const d of step.drafts) {
+        drafts.push(d)
+        draftEvent.push(i)
+      }
+      const prev = finals.get(spec.docKey)
+      finals.set(spec.docKey, { spec, step, changed: step.changed || prev?.changed === true })
+    })
+    for (const { spec, step, changed } of finals.values()) {
+      if (changed) {
+        documents.push({
+          doc_key: spec.docKey,
+          kind: SUMMARY_KIND[kind],
+          entity_id: spec.entityId,
+          owner_user_id: spec.ownerUserId,
+          doc_version: step.docVersion,
+          document: step.bytes,
+          doc_hash: step.hash
+        })
+      }
+      checkpoints.push({
+        entity_kind: kind,
+        entity_id: spec.entityId,
+        last_seq: spec.seq,
+        doc_hash: step.hash,
+        projection_version: PROJECTION_VERSION
+      })
+    }
+    return { drafts, draftEvent, documents, checkpoints }
+  })
+
 export class Projector extends Context.Service<Projector, {
   readonly applyRun: (
     event: RunEventRecord,
@@ -301,43 +361,11 @@ export class Projector extends Context.Service<Projector, {
         options: ApplyOptions | undefined
       ) =>
         Effect.gen(function*() {
-          if (specs.length === 0) return
-          const kind = specs[0]!.entityKind
-          const docs = new Map<string, StoredDoc<Doc>>()
-          for (
-            const r of yield* sql<{ doc_key: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
-            SELECT doc_key, doc_version, document, doc_hash FROM runtime.read_models
-            WHERE doc_key = ANY(${[...new Set(specs.map((s) => s.docKey))]}::text[])`
-          ) docs.set(r.doc_key, { docVersion: Number(r.doc_version), hash: r.doc_hash, doc: decode(r.document) })
-          const drafts: Array<JournalDraft> = []
-          // Per entity, in first-seen order: its last step, whether any step changed the document.
-          const finals = new Map<string, { spec: ProjectionSpec<Doc>; step: ProjectionStep<Doc>; changed: boolean }>()
-          for (const spec of specs) {
-            const step = projectStep(spec, docs.get(spec.docKey))
-            docs.set(spec.docKey, step)
-            for (const d of step.drafts) drafts.push(d)
-            const prev = finals.get(spec.docKey)
-            finals.set(spec.docKey, { spec, step, changed: step.changed || prev?.changed === true })
-          }
-          const changed = [...finals.values()].filter((f) => f.changed)
-          yield* upsertDocuments(sql, changed.map(({ spec, step }) => ({
-            doc_key: spec.docKey,
-            kind: SUMMARY_KIND[kind],
-            entity_id: spec.entityId,
-            owner_user_id: spec.ownerUserId,
-            doc_version: step.docVersion,
-            document: step.bytes,
-            doc_hash: step.hash
-          })))
-          yield* upsertCheckpoints(sql, [...finals.values()].map(({ spec, step }) => ({
-            entity_kind: kind,
-            entity_id: spec.entityId,
-            last_seq: spec.seq,
-            doc_hash: step.hash,
-            projection_version: PROJECTION_VERSION
-          })))
+          const set = yield* projectSet(sql, specs, decode)
+          yield* upsertDocuments(sql, set.documents)
+          yield* upsertCheckpoints(sql, set.checkpoints)
           // Seqs are allocated per topic in draft order: what one append per event would give.
-          yield* journal.appendAll(drafts, committedAtMs, options)
+          if (set.drafts.length > 0) yield* journal.appendAll(set.drafts, committedAtMs, options)
         })
 
       const applyAll = Effect.fn("Projector.applyAll")(function*(

@@ -16,22 +16,14 @@ import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
-import { decodeRunSummary, PROJECTION_VERSION } from "../domain/Documents.ts"
+import { decodeRunSummary } from "../domain/Documents.ts"
 import type { JsonObject } from "../domain/Json.ts"
-import { runDocKey, type RunStatus, runStatusAfter } from "../domain/RunProjection.ts"
-import type { RunSummary } from "../gen/openagents/sync/v1/documents_pb.ts"
+import { type RunStatus, runStatusAfter } from "../domain/RunProjection.ts"
 import { CommandRunner, type CommandResult, decodeBody } from "./CommandRunner.ts"
 import { type EventRow, toRunRecord } from "./EventStore.ts"
-import { Journal, type JournalDraft, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
+import { Journal, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 import { commandsTotal } from "./Metrics.ts"
-import {
-  projectStep,
-  runProjectionSpec,
-  type StoredDoc,
-  SUMMARY_KIND,
-  upsertCheckpoints,
-  upsertDocuments
-} from "./Projector.ts"
+import { projectSet, runProjectionSpec, upsertCheckpoints, upsertDocuments } from "./Projector.ts"
 import { lifecycleRejection, validateRunEvent, type ValidRunEvent } from "./RunCommands.ts"
 
 /** Most events one batch may carry. */
@@ -256,39 +248,23 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             }
 
             // 6. Project in item order from the stored documents.
-            const docs = new Map<string, StoredDoc<RunSummary> & { bytes?: Uint8Array; changed?: boolean }>()
-            for (const r of yield* sql<{ entity_id: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
-              SELECT entity_id, doc_version, document, doc_hash FROM runtime.read_models
-              WHERE doc_key = ANY(${[...new Set(appends.map(([, a]) => runDocKey(a.event.runId)))]}::text[])`) {
-              docs.set(r.entity_id, {
-                docVersion: Number(r.doc_version),
-                hash: r.doc_hash,
-                doc: decodeRunSummary(r.document)
-              })
-            }
-            const drafts: Array<JournalDraft> = []
-            const draftItem: Array<number> = []
-            const touched = new Map<string, { ownerUserId: string; seq: number; changed: boolean }>()
-            for (const [i, a] of appends) {
-              const record = toRunRecord(a.event.runId, a.ownerUserId)(stored.get(`${a.event.runId}:${a.seq}`)!)
-              const step = projectStep(runProjectionSpec(record), docs.get(a.event.runId))
-              docs.set(a.event.runId, step)
-              const prev = touched.get(a.event.runId)
-              touched.set(a.event.runId, { ownerUserId: a.ownerUserId, seq: a.seq, changed: step.changed || !!prev?.changed })
-              for (const d of step.drafts) {
-                drafts.push(d)
-                draftItem.push(i)
-              }
-            }
+            const set = yield* projectSet(
+              sql,
+              appends.map(([, a]) =>
+                runProjectionSpec(toRunRecord(a.event.runId, a.ownerUserId)(stored.get(`${a.event.runId}:${a.seq}`)!))
+              ),
+              decodeRunSummary
+            )
+            const draftItem = set.draftEvent.map((k) => appends[k]![0])
 
             // 7. The journal: every entry of the batch, seqs allocated in topic order.
-            const appended = yield* journal.appendAll(drafts, now).pipe(
+            const appended = yield* journal.appendAll(set.drafts, now).pipe(
               Effect.catchIf(
                 (e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge,
                 (e) => Effect.fail(new ItemTooLarge({ index: draftItem[e.draft]!, bytes: e.bytes, limit: e.limit }))
               )
             )
-            drafts.forEach((d, k) => {
+            set.drafts.forEach((d, k) => {
               const i = draftItem[k]!
               const seq = appended.seqs[k]!
               ;(itemTopicSeqs[i] ??= {})[d.topic] = seq
@@ -296,25 +272,9 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             })
 
             // 8. Final documents (changed ones), checkpoints and run state: one statement each.
-            const finals = [...touched].map(([runId, t]) => ({ runId, ...t, step: docs.get(runId)! }))
-            const changed = finals.filter((f) => f.changed)
-            yield* upsertDocuments(sql, changed.map((f) => ({
-              doc_key: runDocKey(f.runId),
-              kind: SUMMARY_KIND.run,
-              entity_id: f.runId,
-              owner_user_id: f.ownerUserId,
-              doc_version: f.step.docVersion,
-              document: f.step.bytes!,
-              doc_hash: f.step.hash
-            })))
-            yield* upsertCheckpoints(sql, finals.map((f) => ({
-              entity_kind: "run",
-              entity_id: f.runId,
-              last_seq: f.seq,
-              doc_hash: f.step.hash,
-              projection_version: PROJECTION_VERSION
-            })))
-            const ids = finals.map((f) => f.runId)
+            yield* upsertDocuments(sql, set.documents)
+            yield* upsertCheckpoints(sql, set.checkpoints)
+            const ids = set.checkpoints.map((c) => c.entity_id)
             yield* sql`
               UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq
               FROM unnest(${ids}::text[], ${ids.map((id) => state.get(id)!.status)}::text[],
