@@ -156,6 +156,11 @@ export class Journal extends Context.Service<Journal, {
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
       const { maxFrameBytes, replayCacheBytes } = yield* KhalaConfig
+      /**
+       * The journal epoch as a column of the statement that reads rows: one snapshot, so rows are
+       * always filed under the epoch they were written in, even if a rebuild commits meanwhile.
+       */
+      const epochColumn = sql`(SELECT epoch FROM runtime.sync_journal_epoch) AS epoch`
       const maxEntryBytes = maxFrameBytes - FRAME_OVERHEAD_BYTES
 
       const appendAll = Effect.fn("Journal.append")(function*(
@@ -184,7 +189,7 @@ export class Journal extends Context.Service<Journal, {
             SELECT t, n, 1 FROM unnest(${topics}::text[], ${counts}::bigint[]) WITH ORDINALITY AS x(t, n, ord)
             ORDER BY ord
             ON CONFLICT (topic) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
-            RETURNING s.topic, s.head_seq, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch`).map((r) => {
+            RETURNING s.topic, s.head_seq, ${epochColumn}`).map((r) => {
             epochSeen = r.epoch
             return [r.topic, Number(r.head_seq)] as const
           })
@@ -290,16 +295,14 @@ export class Journal extends Context.Service<Journal, {
       // topic that grew since the last ANALYZE) it becomes a bitmap scan of every entry after x plus
       // a sort, on every read: O(n²) over a long catch-up. Only when the range is empty (entries
       // compacted under a reader far behind) does the open-ended query find what follows the gap.
-      // The epoch comes from the same statement (one snapshot): a reader can tell rows written
-      // after a rebuild from the ones it expects.
       const read = (topic: string, afterSeq: number, limit: number) =>
         sql<EntryRow & { epoch: string }>`
-          SELECT seq, update_pb, update_json, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
+          SELECT seq, update_pb, update_json, ${epochColumn}
           FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq > ${afterSeq} AND seq <= ${afterSeq + limit} ORDER BY seq`.pipe(
           Effect.flatMap((rows) =>
             rows.length > 0 ? Effect.succeed(rows) : sql<EntryRow & { epoch: string }>`
-              SELECT seq, update_pb, update_json, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
+              SELECT seq, update_pb, update_json, ${epochColumn}
               FROM runtime.sync_stream_events
               WHERE topic = ${topic} AND seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`
           ),
@@ -332,12 +335,10 @@ export class Journal extends Context.Service<Journal, {
         // its seq bounds. Seqs are gapless above the retention floor, so when the page holds
         // hi − lo + 1 entries, lo..hi names every one; if that ever does not hold, the page is read
         // row by row.
-        // The epoch comes from the same statement (one snapshot), so a page is filed under the
-        // epoch its rows belong to even if a rebuild committed meanwhile. The page is a seq range
-        // (see `read` for why never `seq >= first … LIMIT`).
+        // The page is a seq range (see `read` for why never `seq >= first … LIMIT`).
         const column = encoding === "pb" ? sql`update_pb` : sql`update_json`
         return sql<{ epoch: string; lo: bigint; hi: bigint; items: ReadonlyArray<Uint8Array | string> }>`
-          SELECT (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch, min(seq) AS lo, max(seq) AS hi,
+          SELECT ${epochColumn}, min(seq) AS lo, max(seq) AS hi,
                  array_agg(${column} ORDER BY seq) AS items
           FROM runtime.sync_stream_events
           WHERE topic = ${topic} AND seq BETWEEN ${first} AND ${last}
@@ -364,7 +365,7 @@ export class Journal extends Context.Service<Journal, {
             const pb = encoding === "pb" ? sql`update_pb` : sql`NULL::bytea AS update_pb`
             const json = encoding === "json" ? sql`update_json` : sql`NULL::text AS update_json`
             return sql<EntryRow & { epoch: string }>`
-              SELECT seq, ${pb}, ${json}, (SELECT epoch FROM runtime.sync_journal_epoch) AS epoch
+              SELECT seq, ${pb}, ${json}, ${epochColumn}
               FROM runtime.sync_stream_events
               WHERE topic = ${topic} AND seq BETWEEN ${first} AND ${last} ORDER BY seq`.pipe(
               Effect.map((rows) => ({ epoch: rows[0]?.epoch ?? epoch, rows: rows.map(toEntry) }))
