@@ -24,6 +24,7 @@ import type { SqlError } from "effect/sql/SqlError"
 import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import { bodyEncoder, type EncodedBody, encodeUpdate } from "../domain/UpdateEncoding.ts"
 import { utf8ByteLength } from "../domain/Protocol.ts"
+import { coalescedReads } from "./CoalescedReads.ts"
 import { KhalaConfig } from "../layers/Config.ts"
 
 export const JOURNAL_CHANNEL = "khala_journal"
@@ -425,20 +426,32 @@ export class Journal extends Context.Service<Journal, {
         Effect.map((rows) => rows[0]?.epoch ?? "")
       )
 
-      const position = (topic: string) =>
-        sql<{ epoch: string; head_seq: bigint | null; floor_seq: bigint | null }>`
-          SELECT e.epoch, s.head_seq, s.floor_seq
-          FROM runtime.sync_journal_epoch e
-          LEFT JOIN runtime.sync_topic_sequences s ON s.topic = ${topic}`.pipe(
-          Effect.map(([row]) => {
-            const headSeq = row?.head_seq == null ? 0 : Number(row.head_seq)
-            return {
-              epoch: row?.epoch ?? "",
-              headSeq,
-              floorSeq: row?.floor_seq == null ? headSeq + 1 : Number(row.floor_seq)
-            }
-          })
-        )
+      // Concurrent position reads (a connection storm subscribes to thousands of topics, each read
+      // twice: by the connection and by the topic's actor) go out as one statement per round trip.
+      const position = coalescedReads<string, TopicPosition, SqlError>({
+        maxKeys: 1000,
+        readMany: (topics) =>
+          sql<{ epoch: string; topic: string; head_seq: bigint | null; floor_seq: bigint | null }>`
+            SELECT e.epoch, t.topic, s.head_seq, s.floor_seq
+            FROM runtime.sync_journal_epoch e
+            CROSS JOIN unnest(${topics}::text[]) AS t(topic)
+            LEFT JOIN runtime.sync_topic_sequences s ON s.topic = t.topic`.pipe(
+            Effect.map((rows) => {
+              const positions = new Map<string, TopicPosition>()
+              for (const row of rows) {
+                const headSeq = row.head_seq == null ? 0 : Number(row.head_seq)
+                positions.set(row.topic, {
+                  epoch: row.epoch,
+                  headSeq,
+                  floorSeq: row.floor_seq == null ? headSeq + 1 : Number(row.floor_seq)
+                })
+              }
+              // No epoch row (never after the migrations): every topic is empty, in no epoch.
+              if (rows.length === 0) for (const topic of topics) positions.set(topic, { epoch: "", headSeq: 0, floorSeq: 1 })
+              return positions
+            })
+          )
+      })
 
       return Journal.of({ append, appendAll, read, readReplayPage, position, epoch })
     })
