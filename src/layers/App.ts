@@ -26,6 +26,7 @@ import { TopicHub } from "../services/TopicHub.ts"
 import { SyncSocketRoute } from "./http/SyncSocket.ts"
 import { nodeHttpServer } from "./http/SyncHttpServer.ts"
 import { KhalaConfig } from "./Config.ts"
+import { ProcessMetricsLive } from "./ProcessMetrics.ts"
 import { CommandRoutes } from "./http/CommandRoutes.ts"
 import { AdminRoutes, HealthRoutes, MetricsRoute } from "./http/OperatorRoutes.ts"
 import { SyncRoutes } from "./http/SyncRoutes.ts"
@@ -59,8 +60,8 @@ export const ServicesLive = Layer.mergeAll(
   Layer.provideMerge(BaseServices)
 )
 
-/** Background work of a node: the journal listener and the retention job. */
-export const BackgroundLive = Layer.mergeAll(JournalFeedLive, RetentionJobLive)
+/** Background work of a node: the journal listener, the retention job and the process gauges. */
+export const BackgroundLive = Layer.mergeAll(JournalFeedLive, RetentionJobLive, ProcessMetricsLive)
 
 export const Routes = Layer.mergeAll(CommandRoutes, SyncRoutes, SyncSocketRoute, HealthRoutes, AdminRoutes, MetricsRoute)
 

@@ -78,3 +78,21 @@ export const flushDelivered = Effect.suspend(() => {
   deliveredTally.bytes = 0
   return frames === 0 ? Effect.void : Metric.update(deliveredFrames, frames).pipe(Effect.andThen(Metric.update(deliveredBytes, bytes)))
 })
+
+// Process gauges, sampled every few seconds (layers/ProcessMetrics.ts): what an operator compares
+// with `khala_ws_connections` to see memory per connection, and event-loop stalls.
+export const residentMemoryBytes = Metric.gauge("khala_process_resident_memory_bytes", {
+  description: "Resident set size of the daemon process (not its embedded Postgres)"
+})
+export const heapUsedBytes = Metric.gauge("khala_process_heap_used_bytes", {
+  description: "V8 heap in use (live objects and garbage not yet collected)"
+})
+export const heapTotalBytes = Metric.gauge("khala_process_heap_total_bytes", {
+  description: "V8 heap reserved from the OS"
+})
+export const externalMemoryBytes = Metric.gauge("khala_process_external_memory_bytes", {
+  description: "Memory of buffers and other objects outside the V8 heap"
+})
+export const eventLoopDelayMaxMs = Metric.gauge("khala_event_loop_delay_max_ms", {
+  description: "Longest event-loop stall (lateness of a 100 ms probe timer) since the previous sample"
+})
