@@ -233,7 +233,8 @@ const ingest = async (f: ClientFactory, job: IngestJob) => {
   const topics = Array.from({ length: job.writers }, (_, i) => `${job.topicPrefix}-${i}`)
   const pubs = await Promise.all(topics.map(() => f.publisher()))
   const s0 = nowMs()
-  await pubs[0]!.setup(topics, 32)
+  if (job.workerHeartbeats) await pubs[0]!.setupWorkers!(topics, 32)
+  else await pubs[0]!.setup(topics, 32)
   const setupMs = nowMs() - s0
   const counts: Record<string, number> = {}
   const ack = new Histogram()
@@ -250,7 +251,10 @@ const ingest = async (f: ClientFactory, job: IngestJob) => {
     while (nowMs() < stopAt) {
       const t0 = nowMs()
       try {
-        if (job.batch) {
+        if (job.workerHeartbeats) {
+          await pub.heartbeat!(topic, ++n, job.padBytes)
+          published++
+        } else if (job.batch) {
           await pub.publishMany!(topic, n + 1, job.batch, job.padBytes)
           n += job.batch
           published += job.batch

@@ -52,6 +52,7 @@ const { values: flags } = parseArgs({
     batch: { type: "string" },
     "batch-writers": { type: "string" },
     "ingest-batch": { type: "string" },
+    "heartbeat-writers": { type: "string" },
     window: { type: "string" },
     pad: { type: "string" },
     "scale-subscribers": { type: "string" },
@@ -68,7 +69,7 @@ if (flags.help) {
   --quick                 smaller sizes (finishes in < 3 min on 2 cores)
   --scaling               cost vs size: subscribers, topics and retained entries at three sizes each
   --systems=khala,ws,socketio,nats   systems to run (default: all; nats skipped without nats-server)
-  --only=idle,fanout,fanout-json,latency,many-topics,ingest,ingest-batch,replay   scenarios to run
+  --only=idle,fanout,fanout-json,latency,many-topics,ingest,ingest-batch,ingest-workers,replay   scenarios to run
   --subscribers=N         live fanout subscribers (default 1000, quick 200)
   --topics=N              many-topics: topics × 1 subscriber (default 1000, quick 200)
   --replay-entries=N      retained entries replayed (default 100000, quick 20000)
@@ -78,6 +79,7 @@ if (flags.help) {
   --writers=1,8,32        ingest writer counts (one HTTP command per write)
   --batch-writers=1,4     batched-ingest writer counts (one batch request per write)
   --ingest-batch=N        events per batched-ingest request (default 500)
+  --heartbeat-writers=1,32  Codex workers heartbeating concurrently, one ack at a time each (Khala only)
   --batch=N               Khala live publishers and replay loading coalesce concurrent publishes into
                           batch requests of at most N events (default 1000; 0: one command per publish)
   --window=N              in-flight acknowledged publishes of a saturating publisher (default 1000: enough
@@ -107,6 +109,7 @@ const opts = {
   rate: num(flags.rate, 200),
   writers: list(flags.writers, [1, 8, 32]),
   batchWriters: list(flags["batch-writers"], [1, 4]),
+  heartbeatWriters: list(flags["heartbeat-writers"], [1, 32]),
   ingestBatch: num(flags["ingest-batch"], 500),
   batch: num(flags.batch, 1000),
   window: num(flags.window, 1000),
@@ -449,16 +452,17 @@ const idle: ScenarioFn = async (server, outcome) => {
   })
 }
 
-const ingest = (writers: number, batch: number | undefined): ScenarioFn => async (server, outcome) => {
+const ingest = (writers: number, batch: number | undefined, workerHeartbeats = false): ScenarioFn => async (server, outcome) => {
   const r = await withGens(1, async ([g]) => {
     g!.start({
       kind: "ingest",
       target: server.target,
       writers,
       durationMs: opts.ingestMs,
-      topicPrefix: `ing${batch ? "b" : ""}${writers}-${tag}`,
+      topicPrefix: `ing${batch ? "b" : workerHeartbeats ? "w" : ""}${writers}-${tag}`,
       padBytes: opts.padBytes,
-      ...(batch ? { batch } : {})
+      ...(batch ? { batch } : {}),
+      ...(workerHeartbeats ? { workerHeartbeats } : {})
     })
     return g!.result<PublishResult>()
   })
@@ -466,7 +470,7 @@ const ingest = (writers: number, batch: number | undefined): ScenarioFn => async
   const rate = r.published / ((r.endMs - r.startMs) / 1000)
   const h = Histogram.merge([r.ackLatency])
   log(`    ${writers} writers${batch ? ` × ${batch}-event batches` : ""}: ${r.published} acknowledged in ${((r.endMs - r.startMs) / 1000).toFixed(1)} s = ${rate.toFixed(0)}/s, p50 ${h.quantile(0.5).toFixed(2)} ms p99 ${h.quantile(0.99).toFixed(2)} ms${batch ? " per batch" : ""}`)
-  const scenario = batch ? ingestBatchScenario(writers) : `ingest ×${writers}`
+  const scenario = batch ? ingestBatchScenario(writers) : workerHeartbeats ? heartbeatScenario(writers) : `ingest ×${writers}`
   record(scenario, server.system, "acknowledged writes/s", rate, "writes/s", "higher")
   record(scenario, server.system, "ack latency p50", h.quantile(0.5), "ms", "lower")
   record(scenario, server.system, "ack latency p99", h.quantile(0.99), "ms", "lower")
@@ -541,6 +545,7 @@ const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => stri
 }
 
 const ingestBatchScenario = (writers: number) => `ingest (batched) ×${writers}`
+const heartbeatScenario = (writers: number) => `ingest (worker heartbeats) ×${writers}`
 
 interface Plan {
   readonly name: string
@@ -580,6 +585,11 @@ if (opts.scaling) {
     params["batched ingest"] = `${opts.ingestBatch} events per request`
     for (const w of opts.batchWriters) {
       plan.push({ name: ingestBatchScenario(w), systems: ["khala"], fn: ingest(w, opts.ingestBatch) })
+    }
+  }
+  if (wanted("ingest-workers") && systems.includes("khala")) {
+    for (const w of opts.heartbeatWriters) {
+      plan.push({ name: heartbeatScenario(w), systems: ["khala"], fn: ingest(w, undefined, true) })
     }
   }
   if (wanted("replay")) plan.push({ name: "replay", systems: everyone, fn: replay([opts.replayEntries], () => "replay") })

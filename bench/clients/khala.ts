@@ -17,6 +17,7 @@ const SLOW_CONSUMER_CLOSE = 4009
 
 const runPath = (topic: string) => `/internal/v1/runs/${encodeURIComponent(topic)}/events`
 const BATCH_PATH = "/internal/v1/runs/events/batch"
+const WORKERS_PATH = "/internal/v1/codex/workers"
 /**
  * Two batches in flight: one commits while the daemon validates and projects the next, so
  * Postgres' fsync and the daemon's CPU overlap. (Two batches may touch the same run; the server
@@ -190,6 +191,21 @@ export const khalaClients = (target: Target): ClientFactory => {
         const errors = await postBatch(batchOf(events), count)
         const failed = errors.filter((e) => e !== undefined)
         if (failed.length > 0) throw new Error(`batch append ${topic}: ${failed.length} failed, e.g. ${failed[0]}`)
+      },
+      setupWorkers: async (ids, concurrency) => {
+        let next = 0
+        const worker = async () => {
+          while (next < ids.length) {
+            const id = ids[next++]!
+            const r = await http.request("POST", WORKERS_PATH, service, JSON.stringify({ worker_id: id, owner_user_id: `o-${id}` }))
+            if (r.status !== 201 && r.status !== 200) throw new Error(`creating worker ${id}: ${r.status} ${r.body.slice(0, 200)}`)
+          }
+        }
+        await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker))
+      },
+      heartbeat: async (id, n, padBytes) => {
+        const r = await http.request("POST", `${WORKERS_PATH}/${encodeURIComponent(id)}/heartbeat`, service, `{"payload":{"n":${n},"pad":"${pad(padBytes)}"}}`)
+        if (r.status !== 201) throw new Error(`heartbeat ${id}: ${r.status} ${r.body.slice(0, 200)}`)
       },
       close: () => http.close()
     }

@@ -92,6 +92,10 @@ export interface Publisher {
   publish(topic: string, n: number, padBytes: number): Promise<number | void>
   /** Khala only: messages `n .. n + count - 1` of `topic` in one batch request. */
   publishMany?(topic: string, n: number, count: number, padBytes: number): Promise<void>
+  /** Khala only: creates Codex workers with these ids (each on an owner of its own). Not timed. */
+  setupWorkers?(ids: ReadonlyArray<string>, concurrency: number): Promise<void>
+  /** Khala only: heartbeat `n` of worker `id`, resolved on the ack. */
+  heartbeat?(id: string, n: number, padBytes: number): Promise<void>
   close(): void
 }
 

@@ -177,6 +177,8 @@ export interface IngestJob {
   readonly padBytes: number
   /** Khala: each writer appends `batch` events per request through the batch endpoint. */
   readonly batch?: number
+  /** Khala: each writer is a Codex worker sending heartbeats (`POST …/workers/<id>/heartbeat`). */
+  readonly workerHeartbeats?: boolean
 }
 
 export interface ReplayJob {
