@@ -426,32 +426,36 @@ export class Journal extends Context.Service<Journal, {
         Effect.map((rows) => rows[0]?.epoch ?? "")
       )
 
+      const readPositions = (topics: ReadonlyArray<string>) =>
+        sql<{ epoch: string; topic: string; head_seq: bigint | null; floor_seq: bigint | null }>`
+          SELECT e.epoch, t.topic, s.head_seq, s.floor_seq
+          FROM runtime.sync_journal_epoch e
+          CROSS JOIN unnest(${topics}::text[]) AS t(topic)
+          LEFT JOIN runtime.sync_topic_sequences s ON s.topic = t.topic`.pipe(
+          Effect.map((rows) => {
+            const positions = new Map<string, TopicPosition>()
+            for (const row of rows) {
+              const headSeq = row.head_seq == null ? 0 : Number(row.head_seq)
+              positions.set(row.topic, {
+                epoch: row.epoch,
+                headSeq,
+                floorSeq: row.floor_seq == null ? headSeq + 1 : Number(row.floor_seq)
+              })
+            }
+            // No epoch row (never after the migrations): every topic is empty, in no epoch.
+            if (rows.length === 0) for (const topic of topics) positions.set(topic, { epoch: "", headSeq: 0, floorSeq: 1 })
+            return positions
+          })
+        )
       // Concurrent position reads (a connection storm subscribes to thousands of topics, each read
       // twice: by the connection and by the topic's actor) go out as one statement per round trip.
-      const position = coalescedReads<string, TopicPosition, SqlError>({
-        maxKeys: 1000,
-        readMany: (topics) =>
-          sql<{ epoch: string; topic: string; head_seq: bigint | null; floor_seq: bigint | null }>`
-            SELECT e.epoch, t.topic, s.head_seq, s.floor_seq
-            FROM runtime.sync_journal_epoch e
-            CROSS JOIN unnest(${topics}::text[]) AS t(topic)
-            LEFT JOIN runtime.sync_topic_sequences s ON s.topic = t.topic`.pipe(
-            Effect.map((rows) => {
-              const positions = new Map<string, TopicPosition>()
-              for (const row of rows) {
-                const headSeq = row.head_seq == null ? 0 : Number(row.head_seq)
-                positions.set(row.topic, {
-                  epoch: row.epoch,
-                  headSeq,
-                  floorSeq: row.floor_seq == null ? headSeq + 1 : Number(row.floor_seq)
-                })
-              }
-              // No epoch row (never after the migrations): every topic is empty, in no epoch.
-              if (rows.length === 0) for (const topic of topics) positions.set(topic, { epoch: "", headSeq: 0, floorSeq: 1 })
-              return positions
-            })
-          )
-      })
+      const coalescedPosition = coalescedReads<string, TopicPosition, SqlError>({ maxKeys: 1000, readMany: readPositions })
+      // Inside a transaction a read must see that transaction's own writes: read on its connection.
+      const position = (topic: string) =>
+        Effect.flatMap(Effect.serviceOption(sql.transactionService), (tx) =>
+          Option.isNone(tx)
+            ? coalescedPosition(topic)
+            : Effect.map(readPositions([topic]), (positions) => positions.get(topic)!))
 
       return Journal.of({ append, appendAll, read, readReplayPage, position, epoch })
     })

@@ -2,9 +2,11 @@
  * Replay pages (Journal.readReplayPage): aligned pages of REPLAY_PAGE entries, sliced after the
  * requested seq; complete pages are cached per (encoding, epoch, page, topic) and shared by
  * concurrent readers, an incomplete page (the journal's tail, or one with a hole) never is.
+ * Positions (Journal.position): concurrent reads share statements and each gets its own topic's
+ * head and floor; inside a transaction the read sees that transaction's own appends.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
 import { Journal, type JournalDraft, REPLAY_PAGE } from "../../src/services/Journal.ts"
 import { testServices } from "../support/TestApp.ts"
@@ -23,6 +25,34 @@ const seqs = (entries: ReadonlyArray<{ readonly seq: number }>) => entries.map((
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
 
 layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
+  describe("Journal.position", () => {
+    it.effect("concurrent reads: each topic's own head and floor; in a transaction, its own appends", () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const journal = yield* Journal
+        const topics = Array.from({ length: 50 }, (_, i) => `run/pos${i}`)
+        for (const [i, topic] of topics.entries()) {
+          if (i % 5 !== 0) yield* sql.withTransaction(journal.append(drafts(topic, i), 1))
+        }
+        const epoch = yield* journal.epoch
+        const positions = yield* Effect.forEach(topics, (t) => journal.position(t), { concurrency: "unbounded" })
+        positions.forEach((p, i) => {
+          const head = i % 5 === 0 ? 0 : i
+          assert.deepStrictEqual(p, { epoch, headSeq: head, floorSeq: 1 }, topics[i])
+        })
+        // A transaction's own append is visible to its own read, not to anyone else's before COMMIT.
+        const go = yield* Deferred.make<void>()
+        const outside = yield* Effect.forkChild(Deferred.await(go).pipe(Effect.andThen(journal.position("run/pos0"))))
+        yield* sql.withTransaction(Effect.gen(function*() {
+          yield* journal.append(drafts("run/pos0", 3), 1)
+          assert.strictEqual((yield* journal.position("run/pos0")).headSeq, 3)
+          yield* Deferred.succeed(go, undefined)
+          assert.strictEqual((yield* Fiber.join(outside)).headSeq, 0)
+        }))
+        assert.strictEqual((yield* journal.position("run/pos0")).headSeq, 3)
+      }))
+  })
+
   describe("Journal.readReplayPage", () => {
     it.effect("aligned pages, sliced after the cursor; complete pages are cached, the tail is not", () =>
       Effect.gen(function*() {
