@@ -7,8 +7,9 @@
  * load the number of statements stays at one per round trip however many callers there are (a
  * reconnect storm of 10 000 clients: each subscription needs its topic's position, twice).
  *
- * The read runs in a detached fiber: a caller that is interrupted stops waiting, and the read goes
- * on for the others.
+ * The read runs in a fiber of the owner's (`start`), not of any caller: a caller that is interrupted
+ * stops waiting and the read goes on for the others, and no caller's context (its transaction, its
+ * span) leaks into a read served to everyone.
  */
 import { Deferred, Effect, Exit } from "effect"
 
@@ -17,8 +18,10 @@ export const coalescedReads = <K, V, E>(options: {
   readonly readMany: (keys: ReadonlyArray<K>) => Effect.Effect<ReadonlyMap<K, V>, E>
   /** At most this many keys per read; the rest wait for the next one. */
   readonly maxKeys: number
+  /** Starts the read loop in the owner's fiber context (e.g. `Effect.runForkWith(layerContext)`). */
+  readonly start: (loop: Effect.Effect<void>) => void
 }): ((key: K) => Effect.Effect<V, E>) => {
-  const { readMany, maxKeys } = options
+  const { readMany, maxKeys, start } = options
   let waiting = new Map<K, Array<Deferred.Deferred<V, E>>>()
   let reading = false
 
@@ -73,7 +76,7 @@ export const coalescedReads = <K, V, E>(options: {
       else callers.push(mine)
       if (!reading) {
         reading = true
-        yield* Effect.forkDetach(readLoop)
+        start(readLoop)
       }
       return yield* Deferred.await(mine)
     })

@@ -449,7 +449,14 @@ export class Journal extends Context.Service<Journal, {
         )
       // Concurrent position reads (a connection storm subscribes to thousands of topics, each read
       // twice: by the connection and by the topic's actor) go out as one statement per round trip.
-      const coalescedPosition = coalescedReads<string, TopicPosition, SqlError>({ maxKeys: 1000, readMany: readPositions })
+      const context = yield* Effect.context<never>()
+      const coalescedPosition = coalescedReads<string, TopicPosition, SqlError>({
+        maxKeys: 1000,
+        readMany: readPositions,
+        start: (loop) => {
+          Effect.runForkWith(context)(loop)
+        }
+      })
       // Inside a transaction a read must see that transaction's own writes: read on its connection.
       const position = (topic: string) =>
         Effect.flatMap(Effect.serviceOption(sql.transactionService), (tx) =>

@@ -16,8 +16,12 @@ const heldStore = Effect.gen(function*() {
   const values = new Map<string, number>()
   const reads: Array<ReadonlyArray<string>> = []
   const gates: Array<Deferred.Deferred<void, string>> = []
+  const context = yield* Effect.context<never>()
   const read = coalescedReads<string, number, string>({
     maxKeys: 3,
+    start: (loop) => {
+      Effect.runForkWith(context)(loop)
+    },
     readMany: (keys) =>
       Effect.gen(function*() {
         reads.push(keys)
@@ -28,15 +32,18 @@ const heldStore = Effect.gen(function*() {
         return new Map(keys.map((k) => [k, values.get(k) ?? 0]))
       })
   })
-  /** Waits until read number `n` (from 1) is in flight. */
+  /** Waits until read number `n` (from 1) is in flight (yielding to the event loop, where the read's fiber runs). */
   const inFlight = (n: number) =>
     Effect.gen(function*() {
-      while (gates.length < n) yield* Effect.yieldNow
+      while (gates.length < n) yield* Effect.promise(() => new Promise((r) => setImmediate(r)))
     })
   return { values, reads, gates, read, inFlight }
 })
 
 const forkRead = (read: (k: string) => Effect.Effect<number, string>, key: string) => Effect.forkChild(read(key))
+
+/** One turn of the event loop: forked callers have asked, the read's fiber has run. */
+const settle = Effect.promise(() => new Promise((r) => setImmediate(r)))
 
 describe("coalescedReads", () => {
   it.effect("an idle caller reads at once; callers during a read share the next one", () =>
@@ -50,7 +57,7 @@ describe("coalescedReads", () => {
       const a2 = yield* forkRead(s.read, "a")
       const b = yield* forkRead(s.read, "b")
       const b2 = yield* forkRead(s.read, "b")
-      yield* Effect.yieldNow
+      yield* settle
       assert.strictEqual(s.reads.length, 1, "no second read while one is in flight")
       yield* Deferred.succeed(s.gates[0]!, undefined)
       yield* s.inFlight(2)
@@ -71,6 +78,7 @@ describe("coalescedReads", () => {
       yield* s.inFlight(1)
       const rest = []
       for (let i = 1; i <= 5; i++) rest.push(yield* forkRead(s.read, `k${i}`))
+      yield* settle
       yield* Deferred.succeed(s.gates[0]!, undefined)
       yield* s.inFlight(2)
       yield* Deferred.succeed(s.gates[1]!, undefined)
@@ -87,6 +95,7 @@ describe("coalescedReads", () => {
       const a = yield* forkRead(s.read, "a")
       yield* s.inFlight(1)
       const b = yield* forkRead(s.read, "b")
+      yield* settle
       yield* Deferred.fail(s.gates[0]!, "connection lost")
       yield* s.inFlight(2)
       yield* Deferred.succeed(s.gates[1]!, undefined)
@@ -106,12 +115,18 @@ describe("coalescedReads", () => {
     Effect.gen(function*() {
       const s = yield* heldStore
       s.values.set("a", 1)
+      const first = yield* forkRead(s.read, "x")
+      yield* s.inFlight(1)
+      // Two callers of the same key wait for the next read; one of them gives up.
       const a = yield* forkRead(s.read, "a")
       const a2 = yield* forkRead(s.read, "a")
-      yield* s.inFlight(1)
+      yield* settle
       yield* Fiber.interrupt(a)
       yield* Deferred.succeed(s.gates[0]!, undefined)
+      yield* s.inFlight(2)
+      yield* Deferred.succeed(s.gates[1]!, undefined)
+      assert.strictEqual(yield* Fiber.join(first), 0)
       assert.strictEqual(yield* Fiber.join(a2), 1)
-      assert.deepStrictEqual(s.reads, [["a"]])
+      assert.deepStrictEqual(s.reads, [["x"], ["a"]])
     }))
 })
