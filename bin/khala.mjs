@@ -27,8 +27,8 @@ if (nodeBinary === undefined) {
   process.exit(1)
 }
 
-// --max-semi-space-size: see docs/OPERATIONS.md (memory); the same flag as `npm start`.
-const child = spawn(nodeBinary, ["--max-semi-space-size=16", cli, ...process.argv.slice(2)], { stdio: "inherit" })
+// --max-semi-space-size, --heap-growing-percent: see docs/OPERATIONS.md (memory); the same flags as `npm start`.
+const child = spawn(nodeBinary, ["--max-semi-space-size=16", "--heap-growing-percent=100", cli, ...process.argv.slice(2)], { stdio: "inherit" })
 
 const forwarded = ["SIGINT", "SIGTERM", "SIGHUP"]
 const forward = (signal) => {

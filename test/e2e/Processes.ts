@@ -107,7 +107,7 @@ export interface Daemon extends Spawned {
 export const startDaemon = async (dataDir: string, extraEnv: Record<string, string> = {}): Promise<Daemon> => {
   const port = await freePort()
   const env = cleanEnv({ KHALA_DATA_DIR: dataDir, KHALA_PORT: String(port), KHALA_HOST: "127.0.0.1", ...extraEnv })
-  const spawned = spawnTracked(NODE24, ["--max-semi-space-size=16", "src/main.ts"], env) // as `npm start`
+  const spawned = spawnTracked(NODE24, ["--max-semi-space-size=16", "--heap-growing-percent=100", "src/main.ts"], env) // as `npm start`
   return { ...spawned, port, dataDir, url: `http://127.0.0.1:${port}` }
 }
 
