@@ -7,7 +7,7 @@
  * (their encoded wire bytes included), topic heads and stored idempotent responses.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Metric, References } from "effect"
+import { Effect, Fiber, Metric, References } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
@@ -17,6 +17,7 @@ import { RunCommands } from "../../src/services/RunCommands.ts"
 import { type BatchItemResult, MAX_BATCH_EVENTS, RunEventBatches } from "../../src/services/RunEventBatches.ts"
 import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
+import { captureProjectionTables, holdRowLocks, raisingFunction } from "../support/WrittenTables.ts"
 
 type Item = Record<string, unknown> & { run_id: unknown }
 
@@ -71,20 +72,7 @@ const capture = Effect.gen(function*() {
     events: yield* sql`
       SELECT run_id, seq::int, owner_ordinal::int, type, payload::text, occurred_at FROM runtime.run_events
       ORDER BY run_id, seq`,
-    owners: yield* sql`SELECT owner_user_id, stream, last_ordinal::int FROM runtime.owner_sequences ORDER BY 1, 2`,
-    models: yield* sql`
-      SELECT doc_key, kind, entity_id, owner_user_id, doc_version::int, encode(document, 'hex') AS document, doc_hash
-      FROM runtime.read_models ORDER BY doc_key`,
-    checkpoints: yield* sql`
-      SELECT entity_kind, entity_id, last_seq::int, doc_hash FROM runtime.projection_checkpoints ORDER BY 1, 2`,
-    journal: yield* sql`
-      SELECT topic, seq::int, kind, doc_key, doc_version::int, occurred_at, committed_at, encode(body_md5, 'hex') AS body_md5,
-             encode(update_pb, 'hex') AS update_pb, update_json
-      FROM runtime.sync_stream_events ORDER BY topic, seq`,
-    heads: yield* sql`SELECT topic, head_seq::int, floor_seq::int FROM runtime.sync_topic_sequences ORDER BY topic`,
-    keys: yield* sql`
-      SELECT entity_kind, entity_id, idempotency_key, request_hash, status, response::text
-      FROM runtime.idempotency_keys ORDER BY 1, 2, 3`
+    ...(yield* captureProjectionTables)
   }
 })
 
@@ -119,15 +107,6 @@ const issueAll = (
       ),
     { concurrency: "unbounded" }
   )
-
-/** A trigger function `runtime.<name>` that raises; the effect returned drops it with its triggers. */
-const raisingFunction = (name: string, body = "") =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    yield* sql.unsafe(`CREATE OR REPLACE FUNCTION runtime.${name}() RETURNS trigger LANGUAGE plpgsql AS
-      'BEGIN ${body} RAISE EXCEPTION ''${name} (test trigger)''; END'`)
-    return sql.unsafe(`DROP FUNCTION IF EXISTS runtime.${name}() CASCADE`).pipe(Effect.orDie)
-  })
 
 layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run event batches", (it) => {
   describe("equivalence with the single-event command", () => {
@@ -327,13 +306,10 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
         yield* Effect.gen(function*() {
           // Hold every run's row lock while the commands arrive: the two workers block on their
           // first commands and the rest gather into one group, the late command among them.
-          const locked = yield* Deferred.make<void>()
-          const holder = yield* Effect.forkChild(sql.withTransaction(Effect.gen(function*() {
-            yield* sql`SELECT run_id FROM runtime.runs WHERE run_id LIKE 'late%' ORDER BY run_id FOR UPDATE`
-            yield* Deferred.succeed(locked, undefined)
-            yield* Effect.promise(() => new Promise((r) => setTimeout(r, 700))) // real time (it.effect runs a TestClock)
-          })))
-          yield* Deferred.await(locked)
+          const holder = yield* holdRowLocks(
+            `SELECT run_id FROM runtime.runs WHERE run_id LIKE 'late%' ORDER BY run_id FOR UPDATE`,
+            700
+          )
           const before = yield* Metric.value(commandGroupEvents)
           const answers = yield* issueAll(runs, commands, ({ id, k }) => id === "late3" && k === 2 ? { late: true } : { k })
           yield* Fiber.join(holder)

@@ -9,7 +9,7 @@
  *   every command that had succeeded in it, and what was answered 201 is exactly what committed.
  */
 import { assert, describe, layer } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Metric, References } from "effect"
+import { Effect, Fiber, Metric, References } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
@@ -17,6 +17,7 @@ import { commandGroupEvents, projectionWriteFailures } from "../../src/services/
 import { ProjectionOps } from "../../src/services/ProjectionOps.ts"
 import { WorkerCommands } from "../../src/services/WorkerCommands.ts"
 import { testServices } from "../support/TestApp.ts"
+import { captureProjectionTables, holdRowLocks, raisingFunction } from "../support/WrittenTables.ts"
 
 const resultOf = (r: CommandResult | ApiError) =>
   r instanceof ApiError ? { status: r.status, body: r.toBody() } : { status: r.status, body: r.body }
@@ -31,20 +32,7 @@ const capture = Effect.gen(function*() {
     events: yield* sql`
       SELECT worker_id, seq::int, owner_ordinal::int, type, payload::text, occurred_at FROM runtime.codex_worker_events
       ORDER BY worker_id, seq`,
-    owners: yield* sql`SELECT owner_user_id, stream, last_ordinal::int FROM runtime.owner_sequences ORDER BY 1, 2`,
-    models: yield* sql`
-      SELECT doc_key, kind, entity_id, owner_user_id, doc_version::int, encode(document, 'hex') AS document, doc_hash
-      FROM runtime.read_models ORDER BY doc_key`,
-    checkpoints: yield* sql`
-      SELECT entity_kind, entity_id, last_seq::int, doc_hash FROM runtime.projection_checkpoints ORDER BY 1, 2`,
-    journal: yield* sql`
-      SELECT topic, seq::int, kind, doc_key, doc_version::int, occurred_at, committed_at, encode(body_md5, 'hex') AS body_md5,
-             encode(update_pb, 'hex') AS update_pb, update_json
-      FROM runtime.sync_stream_events ORDER BY topic, seq`,
-    heads: yield* sql`SELECT topic, head_seq::int, floor_seq::int FROM runtime.sync_topic_sequences ORDER BY topic`,
-    keys: yield* sql`
-      SELECT entity_kind, entity_id, idempotency_key, request_hash, status, response::text
-      FROM runtime.idempotency_keys ORDER BY 1, 2, 3`
+    ...(yield* captureProjectionTables)
   }
 })
 
@@ -110,15 +98,6 @@ const issueAll = (
       ),
     { concurrency: "unbounded" }
   )
-
-/** A trigger function `runtime.<name>` that raises; the effect returned drops it with its triggers. */
-const raisingFunction = (name: string) =>
-  Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    yield* sql.unsafe(`CREATE OR REPLACE FUNCTION runtime.${name}() RETURNS trigger LANGUAGE plpgsql AS
-      'BEGIN RAISE EXCEPTION ''${name} (test trigger)''; END'`)
-    return sql.unsafe(`DROP FUNCTION IF EXISTS runtime.${name}() CASCADE`).pipe(Effect.orDie)
-  })
 
 layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("worker group commit", (it) => {
   describe("shared transactions", () => {
@@ -190,13 +169,10 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("worker
         yield* Effect.gen(function*() {
           // Hold every worker's row lock while the commands arrive: the committer blocks on its
           // first command and the rest gather into groups, the late command in one of them.
-          const locked = yield* Deferred.make<void>()
-          const holder = yield* Effect.forkChild(sql.withTransaction(Effect.gen(function*() {
-            yield* sql`SELECT worker_id FROM runtime.codex_workers WHERE worker_id LIKE 'wlate%' ORDER BY worker_id FOR UPDATE`
-            yield* Deferred.succeed(locked, undefined)
-            yield* Effect.promise(() => new Promise((r) => setTimeout(r, 700))) // real time (it.effect runs a TestClock)
-          })))
-          yield* Deferred.await(locked)
+          const holder = yield* holdRowLocks(
+            `SELECT worker_id FROM runtime.codex_workers WHERE worker_id LIKE 'wlate%' ORDER BY worker_id FOR UPDATE`,
+            700
+          )
           const failuresBefore = yield* Metric.value(projectionWriteFailures)
           const answers = yield* issueAll(workers, commands, ({ id, k }) => id === "wlate3" && k === 2 ? { late: true } : { k })
           yield* Fiber.join(holder)
