@@ -5,7 +5,7 @@
  * commit: the entries the transaction appended are handed to this node's TopicHub, and their
  * topic heads to the JournalNotifier (the other nodes), only once the commit succeeded.
  */
-import { Cause, Clock, Context, Effect, Exit, Layer, Metric, Schema } from "effect"
+import { Clock, Context, Effect, Layer, Metric, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
@@ -28,19 +28,6 @@ export interface CommandResult {
   readonly body: JsonObject
 }
 
-/** A command of a shared transaction (`transactAll`): its name (for metrics) and its body. */
-export interface GroupedCommand<A extends CommandResult> {
-  readonly command: string
-  readonly body: Effect.Effect<A, ApiError | SqlError | JournalEntryTooLarge>
-}
-
-/**
- * Most commands per shared transaction: each runs in a savepoint, and Postgres keeps the
- * subtransactions of a transaction in each backend's cache only up to 64 — past that, every
- * other session's visibility checks go to pg_subtrans while the transaction is open.
- */
-export const MAX_SAVEPOINT_GROUP = 64
-
 export class CommandRunner extends Context.Service<CommandRunner, {
   /**
    * Runs `body` in one transaction. Database failures are logged and counted and become a
@@ -54,17 +41,6 @@ export class CommandRunner extends Context.Service<CommandRunner, {
     body: Effect.Effect<A, E | SqlError | JournalEntryTooLarge, R>,
     rolledBack?: (cause: SqlError) => F
   ) => Effect.Effect<A, E | ApiError | F, R>
-  /**
-   * Runs up to MAX_SAVEPOINT_GROUP commands in one transaction (one COMMIT, one WAL flush), each
-   * in a savepoint of its own, in order: a command that fails — its own error, or a statement the
-   * database refused — is rolled back alone and answered with its error, as if it had run alone.
-   * Answers are in input order and this never fails. When BEGIN or COMMIT fails the outcome is
-   * unknown: every command that had succeeded is answered with the retryable 500 (idempotency
-   * keys make the retry safe). Entries are handed over only after the COMMIT.
-   */
-  readonly transactAll: <A extends CommandResult>(
-    commands: ReadonlyArray<GroupedCommand<A>>
-  ) => Effect.Effect<ReadonlyArray<A | ApiError>>
 }>()("khala/services/CommandRunner") {
   static readonly layer = Layer.effect(
     CommandRunner,
@@ -128,41 +104,7 @@ export class CommandRunner extends Context.Service<CommandRunner, {
           )
           return result
         }).pipe(Effect.withSpan(`Command.${command}`))
-
-      const transactAll = <A extends CommandResult>(
-        commands: ReadonlyArray<GroupedCommand<A>>
-      ): Effect.Effect<ReadonlyArray<A | ApiError>> =>
-        Effect.gen(function*() {
-          const answers: Array<A | ApiError> = []
-          // Each `transact` inside this transaction is a savepoint; its hand-over waits for our COMMIT.
-          const outer = yield* Effect.exit(sql.withTransaction(Effect.gen(function*() {
-            for (const c of commands) {
-              const exit = yield* Effect.exit(transact(c.command, c.body))
-              if (Exit.isSuccess(exit)) answers.push(exit.value)
-              else if (Cause.hasFails(exit.cause) && !Cause.hasDies(exit.cause)) answers.push(Cause.squash(exit.cause) as ApiError)
-              else {
-                // A defect (a savepoint that could not be rolled back: the connection is gone).
-                yield* Effect.logError(`command ${c.command} failed in a shared transaction`, exit.cause)
-                answers.push(commitFailed())
-              }
-            }
-          })))
-          if (Exit.isSuccess(outer)) return answers
-          const e = Cause.squash(outer.cause)
-          if (e instanceof SqlError) yield* failedInDatabase(`group of ${commands.length}`, e, "at BEGIN or COMMIT")
-          else yield* Effect.logError(`a shared transaction of ${commands.length} commands failed`, outer.cause)
-          yield* Metric.update(
-            Metric.withAttributes(commandsTotal, { command: "group", outcome: "retried" }),
-            commands.length
-          )
-          // Commands that had failed keep their answer (rolled back either way); the rest: unknown.
-          return commands.map((_, i) => {
-            const a = answers[i]
-            return a instanceof ApiError ? a : commitFailed()
-          })
-        }).pipe(Effect.withSpan("Command.group", { attributes: { "khala.commands": commands.length } }))
-
-      return CommandRunner.of({ transact, transactAll })
+      return CommandRunner.of({ transact })
     })
   )
 }

@@ -12,8 +12,7 @@
 import { timestampFromMs } from "@bufbuild/protobuf/wkt"
 import { toJson } from "@bufbuild/protobuf"
 import { TimestampSchema } from "@bufbuild/protobuf/wkt"
-import { Clock, Context, Effect, Layer, Metric, Option, Schema, type Tracer } from "effect"
-import { SqlClient } from "effect/sql"
+import { Clock, Context, Effect, Layer, Schema } from "effect"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { workerSummaryJson } from "../domain/Documents.ts"
 import { heartbeatView } from "../domain/Heartbeat.ts"
@@ -27,17 +26,7 @@ import {
   type WorkerEventType
 } from "../domain/WorkerProjection.ts"
 import { KhalaConfig } from "../layers/Config.ts"
-import {
-  CommandRunner,
-  type CommandResult,
-  decodeBody,
-  type GroupedCommand,
-  MAX_SAVEPOINT_GROUP,
-  occurredAt,
-  orInternal
-} from "./CommandRunner.ts"
-import { makeGroupCommitter } from "./GroupCommit.ts"
-import { commandGroupEvents } from "./Metrics.ts"
+import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore, type WorkerRow } from "./EventStore.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
 import type { JournalEntryTooLarge, TopicSeqs } from "./Journal.ts"
@@ -75,14 +64,6 @@ export const ResumeBody = Schema.Struct({
 
 const iso = (ms: number) => toJson(TimestampSchema, timestampFromMs(ms)) as string
 
-/** Worker commands waiting for a shared transaction beyond which new ones wait to be queued. */
-const GROUP_COMMIT_QUEUE = 4096
-
-interface PendingWorkerCommand extends GroupedCommand<CommandResult> {
-  /** The request's span: a command committed alone is traced under it. */
-  readonly span: Tracer.AnySpan | undefined
-}
-
 export class WorkerCommands extends Context.Service<WorkerCommands, {
   readonly create: (body: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
   readonly get: (workerId: string) => Effect.Effect<JsonObject, ApiError>
@@ -101,43 +82,6 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
       const projector = yield* Projector
       const idempotency = yield* Idempotency
       const readModels = yield* ReadModels
-      const sql = yield* SqlClient.SqlClient
-
-      /**
-       * Group commit: concurrent worker commands (a fleet's heartbeats) share transactions, each
-       * command in a savepoint of its own (CommandRunner.transactAll), so one WAL flush serves up
-       * to MAX_SAVEPOINT_GROUP of them; a command that finds the committer idle commits alone, at
-       * once. One group at a time: two shared transactions could lock the same workers and topics
-       * in opposite orders (a group's commands lock as they go, not in a global order).
-       */
-      const committer = yield* makeGroupCommitter<PendingWorkerCommand, CommandResult | ApiError, never>({
-        workers: 1,
-        maxGroup: MAX_SAVEPOINT_GROUP,
-        capacity: GROUP_COMMIT_QUEUE,
-        commit: (items) =>
-          Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
-            items.length === 1
-              ? runner.transact(items[0]!.command, items[0]!.body).pipe(
-                items[0]!.span === undefined ? (e) => e : Effect.withParentSpan(items[0]!.span),
-                Effect.catch((e: ApiError) => Effect.succeed(e)),
-                Effect.map((a): ReadonlyArray<CommandResult | ApiError> => [a])
-              )
-              : runner.transactAll(items)
-          ))
-      })
-
-      /** A command's transaction: shared with concurrent ones, or the caller's when inside one. */
-      const commit = (
-        command: string,
-        body: Effect.Effect<CommandResult, ApiError | SqlError | JournalEntryTooLarge>
-      ): Effect.Effect<CommandResult, ApiError> =>
-        Effect.gen(function*() {
-          if (Option.isSome(yield* Effect.serviceOption(sql.transactionService))) return yield* runner.transact(command, body)
-          const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
-          const answer = yield* committer.submit({ command, body, span })
-          if (answer instanceof ApiError) return yield* answer
-          return answer
-        })
 
       /** Snapshot JSON: the summary document plus authority heartbeat fields. */
       const snapshotJson = (row: WorkerRow, summary: CodexWorkerSummary | undefined, nowMs: number): JsonObject => ({
@@ -214,7 +158,7 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         scope: IdempotencyScope | undefined,
         body: (row: WorkerRow) => Effect.Effect<CommandResult, ApiError | SqlError | JournalEntryTooLarge>
       ) =>
-        commit(
+        runner.transact(
           command,
           Effect.flatMap(lockOr404(workerId), (row) => idempotency.guard(scope, body(row)))
         )
@@ -252,7 +196,7 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const metadata = yield* checkPayload(body.metadata)
         const now = yield* Clock.currentTimeMillis
         const scope = scopeOf(body.worker_id, "worker.create", body)
-        return yield* commit(
+        return yield* runner.transact(
           "worker.create",
           Effect.gen(function*() {
             const inserted = yield* store.insertWorker(body.worker_id, body.owner_user_id, now)

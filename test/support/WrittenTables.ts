@@ -1,8 +1,9 @@
 /**
  * What the write path leaves in Postgres, for tests that compare two ways of issuing the same
- * commands (one by one vs grouped or batched), and a trigger helper for refusing rows.
+ * commands (one by one vs grouped or batched); a trigger helper for refusing rows; a holder of row
+ * locks that makes concurrent commands gather.
  */
-import { Deferred, Effect } from "effect"
+import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
 
 /** Every table the projector and the command envelope write besides the authority tables, in comparable form. */
@@ -52,6 +53,9 @@ export const holdRowLocks = (selectForUpdate: string, ms: number) =>
       yield* Deferred.succeed(locked, undefined)
       yield* Effect.promise(() => new Promise((r) => setTimeout(r, ms)))
     })))
-    yield* Deferred.await(locked)
+    // A holder that fails before it holds the locks fails the test instead of leaving it waiting.
+    yield* Deferred.await(locked).pipe(Effect.raceFirst(Fiber.await(holder).pipe(
+      Effect.flatMap((exit) => Effect.die(new Error(`the lock holder ended before it held the locks: ${String(exit)}`)))
+    )))
     return holder
   })
