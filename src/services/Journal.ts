@@ -17,7 +17,7 @@
  * retention job read.
  */
 import { toJson } from "@bufbuild/protobuf"
-import { Context, Deferred, Effect, Layer, Option, Schema } from "effect"
+import { Context, Deferred, Effect, Fiber, Layer, Option, Schema } from "effect"
 import { hash } from "node:crypto"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
@@ -450,11 +450,13 @@ export class Journal extends Context.Service<Journal, {
       // Concurrent position reads (a connection storm subscribes to thousands of topics, each read
       // twice: by the connection and by the topic's actor) go out as one statement per round trip.
       const context = yield* Effect.context<never>()
+      const scope = yield* Effect.scope
       const coalescedPosition = coalescedReads<string, TopicPosition, SqlError>({
         maxKeys: 1000,
         readMany: readPositions,
+        // The journal's fiber, interrupted with the layer (callers still waiting are then told).
         start: (loop) => {
-          Effect.runForkWith(context)(loop)
+          Fiber.runIn(Effect.runForkWith(context)(loop), scope)
         }
       })
       // Inside a transaction a read must see that transaction's own writes: read on its connection.

@@ -5,7 +5,9 @@
  *   read ends — an answer is never one fetched before the call — and they share it;
  * - a key asked for twice is read once; a read covers at most `maxKeys` keys;
  * - a failed read fails exactly the callers it was for, and the next read goes on;
- * - an interrupted caller stops waiting without taking the read from the others.
+ * - an interrupted caller stops waiting without taking the read from the others;
+ * - when the read's fiber is interrupted (the owner shuts down), every caller it holds or that
+ *   waits is told, none waits forever; a read that leaves out a key is a defect for that key only.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber } from "effect"
@@ -17,10 +19,11 @@ const heldStore = Effect.gen(function*() {
   const reads: Array<ReadonlyArray<string>> = []
   const gates: Array<Deferred.Deferred<void, string>> = []
   const context = yield* Effect.context<never>()
+  const loops: Array<Fiber.Fiber<void>> = []
   const read = coalescedReads<string, number, string>({
     maxKeys: 3,
     start: (loop) => {
-      Effect.runForkWith(context)(loop)
+      loops.push(Effect.runForkWith(context)(loop))
     },
     readMany: (keys) =>
       Effect.gen(function*() {
@@ -28,8 +31,8 @@ const heldStore = Effect.gen(function*() {
         const gate = yield* Deferred.make<void, string>()
         gates.push(gate)
         yield* Deferred.await(gate)
-        // The values as they are when the read ends.
-        return new Map(keys.map((k) => [k, values.get(k) ?? 0]))
+        // The values as they are when the read ends ("missing" is left out of the answer).
+        return new Map(keys.filter((k) => k !== "missing").map((k) => [k, values.get(k) ?? 0]))
       })
   })
   /** Waits until read number `n` (from 1) is in flight (yielding to the event loop, where the read's fiber runs). */
@@ -37,7 +40,7 @@ const heldStore = Effect.gen(function*() {
     Effect.gen(function*() {
       while (gates.length < n) yield* Effect.promise(() => new Promise((r) => setImmediate(r)))
     })
-  return { values, reads, gates, read, inFlight }
+  return { values, reads, gates, read, inFlight, loops }
 })
 
 const forkRead = (read: (k: string) => Effect.Effect<number, string>, key: string) => Effect.forkChild(read(key))
@@ -128,5 +131,42 @@ describe("coalescedReads", () => {
       assert.strictEqual(yield* Fiber.join(first), 0)
       assert.strictEqual(yield* Fiber.join(a2), 1)
       assert.deepStrictEqual(s.reads, [["x"], ["a"]])
+    }))
+
+  it.effect("the read's fiber interrupted: the callers it holds and those waiting are told", () =>
+    Effect.gen(function*() {
+      const s = yield* heldStore
+      const a = yield* forkRead(s.read, "a")
+      yield* s.inFlight(1)
+      const b = yield* forkRead(s.read, "b")
+      yield* settle
+      yield* Fiber.interrupt(s.loops[0]!)
+      const ea = yield* Fiber.await(a)
+      const eb = yield* Fiber.await(b)
+      assert.isTrue(Exit.isFailure(ea) && Exit.hasInterrupts(ea), "the caller of the read in flight")
+      assert.isTrue(Exit.isFailure(eb) && Exit.hasInterrupts(eb), "the caller waiting for the next read")
+      // A new caller starts a new loop.
+      const c = yield* forkRead(s.read, "c")
+      yield* s.inFlight(2)
+      yield* Deferred.succeed(s.gates[1]!, undefined)
+      assert.strictEqual(yield* Fiber.join(c), 0)
+      assert.strictEqual(s.loops.length, 2)
+    }))
+
+  it.effect("a key the read did not answer is a defect for its callers only", () =>
+    Effect.gen(function*() {
+      const s = yield* heldStore
+      const first = yield* forkRead(s.read, "x")
+      yield* s.inFlight(1)
+      const missing = yield* forkRead(s.read, "missing")
+      const other = yield* forkRead(s.read, "other")
+      yield* settle
+      yield* Deferred.succeed(s.gates[0]!, undefined)
+      yield* s.inFlight(2)
+      yield* Deferred.succeed(s.gates[1]!, undefined)
+      assert.strictEqual(yield* Fiber.join(first), 0)
+      assert.strictEqual(yield* Fiber.join(other), 0)
+      const em = yield* Fiber.await(missing)
+      assert.isTrue(Exit.isFailure(em) && Exit.hasDies(em))
     }))
 })
