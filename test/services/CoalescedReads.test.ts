@@ -45,15 +45,22 @@ const heldStore = Effect.gen(function*() {
 
 const forkRead = (read: (k: string) => Effect.Effect<number, string>, key: string) => Effect.forkChild(read(key))
 
+/** A store with a first caller of `key` whose read is in flight (held at its gate). */
+const withFirstRead = (key: string) =>
+  Effect.gen(function*() {
+    const s = yield* heldStore
+    const first = yield* forkRead(s.read, key)
+    yield* s.inFlight(1)
+    return { s, first }
+  })
+
 /** One turn of the event loop: forked callers have asked, the read's fiber has run. */
 const settle = Effect.promise(() => new Promise((r) => setImmediate(r)))
 
 describe("coalescedReads", () => {
   it.effect("an idle caller reads at once; callers during a read share the next one", () =>
     Effect.gen(function*() {
-      const s = yield* heldStore
-      const a = yield* forkRead(s.read, "a")
-      yield* s.inFlight(1)
+      const { s, first: a } = yield* withFirstRead("a")
       assert.deepStrictEqual(s.reads, [["a"]])
       // Asked while the first read is in flight: a value written meanwhile must be seen.
       s.values.set("a", 7)
@@ -76,9 +83,7 @@ describe("coalescedReads", () => {
 
   it.effect("a read covers at most maxKeys keys; the rest go in the next", () =>
     Effect.gen(function*() {
-      const s = yield* heldStore
-      const first = yield* forkRead(s.read, "k0")
-      yield* s.inFlight(1)
+      const { s, first } = yield* withFirstRead("k0")
       const rest = []
       for (let i = 1; i <= 5; i++) rest.push(yield* forkRead(s.read, `k${i}`))
       yield* settle
@@ -94,9 +99,7 @@ describe("coalescedReads", () => {
 
   it.effect("a failed read fails its callers only; the next read goes on", () =>
     Effect.gen(function*() {
-      const s = yield* heldStore
-      const a = yield* forkRead(s.read, "a")
-      yield* s.inFlight(1)
+      const { s, first: a } = yield* withFirstRead("a")
       const b = yield* forkRead(s.read, "b")
       yield* settle
       yield* Deferred.fail(s.gates[0]!, "connection lost")
@@ -135,9 +138,7 @@ describe("coalescedReads", () => {
 
   it.effect("the read's fiber interrupted: the callers it holds and those waiting are told", () =>
     Effect.gen(function*() {
-      const s = yield* heldStore
-      const a = yield* forkRead(s.read, "a")
-      yield* s.inFlight(1)
+      const { s, first: a } = yield* withFirstRead("a")
       const b = yield* forkRead(s.read, "b")
       yield* settle
       yield* Fiber.interrupt(s.loops[0]!)
@@ -155,9 +156,7 @@ describe("coalescedReads", () => {
 
   it.effect("a key the read did not answer is a defect for its callers only", () =>
     Effect.gen(function*() {
-      const s = yield* heldStore
-      const first = yield* forkRead(s.read, "x")
-      yield* s.inFlight(1)
+      const { s, first } = yield* withFirstRead("x")
       const missing = yield* forkRead(s.read, "missing")
       const other = yield* forkRead(s.read, "other")
       yield* settle
