@@ -179,6 +179,17 @@ const joinedActor = (capacity: number) =>
     return { ...env, actor, a }
   })
 
+/**
+ * A joined actor with a mailbox of two, busy reading entry 1 ("old1") of the old epoch; `handOverOld1`
+ * offers the hand-over of that same entry (one the actor will already have).
+ */
+const busyActorOfTwo = Effect.gen(function*() {
+  const joined = yield* joinedActor(2)
+  yield* busyReading(joined.fake, joined.actor, 1, "old1")
+  const handOverOld1 = () => joined.actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] })
+  return { ...joined, handOverOld1 }
+})
+
 /** `a` got entry 1 of the old epoch, then was told the epoch changed, and nothing of the new one. */
 const toldOfNewEpochOnly = (a: ReturnType<typeof recorder>) =>
   Effect.gen(function*() {
@@ -289,10 +300,9 @@ describe("TopicActor", () => {
 
   it.live("a refused notification does not overtake a queued resync: nothing of the new epoch goes out under the old one", () =>
     Effect.gen(function*() {
-      const { fake, actor, a, close } = yield* joinedActor(2)
-      yield* busyReading(fake, actor, 1, "old1")
+      const { fake, actor, a, close, handOverOld1 } = yield* busyActorOfTwo
       // The mailbox fills: a hand-over, then the rebuild's Resync takes the last slot.
-      assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
+      assert.isTrue(handOverOld1())
       fake.rebuild("epoch-2", "t", ["new1", "new2", "new3"])
       actor.resync("epoch-2")
       assert.strictEqual(actor.queueDepth, 2)
@@ -356,11 +366,10 @@ describe("TopicActor", () => {
 
   it.live("a resync refused by a full mailbox is deferred, not lost: the subscriber learns of the new epoch", () =>
     Effect.gen(function*() {
-      const { fake, actor, a, close } = yield* joinedActor(2)
-      yield* busyReading(fake, actor, 1, "old1")
+      const { fake, actor, a, close, handOverOld1 } = yield* busyActorOfTwo
       // The mailbox fills with hand-overs it already has; the rebuild's resync is refused.
-      assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
-      assert.isTrue(actor.offer({ _tag: "Entries", epoch: EPOCH, entries: [entry(1, "old1")] }))
+      assert.isTrue(handOverOld1())
+      assert.isTrue(handOverOld1())
       fake.rebuild("epoch-2", "t", ["new1"]) // same head: no read would notice the new epoch
       actor.resync("epoch-2")
       assert.strictEqual(actor.queueDepth, 2)
