@@ -190,17 +190,28 @@ export type CheckpointRow = {
   readonly projection_version: number
 }
 
-/** Upserts documents (distinct doc keys) in one statement; nothing to do for none. */
+/**
+ * Upserts documents (distinct doc keys) in one statement; nothing to do for none. The rows go as
+ * one array per column (`unnest`): the statement text and its seven parameters are the same for
+ * every size, so it stays prepared, where a row list binds seven parameters per row.
+ */
 export const upsertDocuments = (sql: SqlClient.SqlClient, rows: ReadonlyArray<DocumentRow>) =>
   rows.length === 0 ? Effect.void : sql`
-    INSERT INTO runtime.read_models ${sql.insert(rows as [DocumentRow, ...Array<DocumentRow>])}
+    INSERT INTO runtime.read_models (doc_key, kind, entity_id, owner_user_id, doc_version, document, doc_hash)
+    SELECT * FROM unnest(${rows.map((r) => r.doc_key)}::text[], ${rows.map((r) => r.kind)}::text[],
+                         ${rows.map((r) => r.entity_id)}::text[], ${rows.map((r) => r.owner_user_id)}::text[],
+                         ${rows.map((r) => BigInt(r.doc_version))}::bigint[], ${rows.map((r) => r.document)}::bytea[],
+                         ${rows.map((r) => r.doc_hash)}::text[])
     ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
       doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
 
-/** Upserts checkpoints (distinct entities) in one statement; nothing to do for none. */
+/** Upserts checkpoints (distinct entities) in one statement, column arrays as `upsertDocuments`. */
 export const upsertCheckpoints = (sql: SqlClient.SqlClient, rows: ReadonlyArray<CheckpointRow>) =>
   rows.length === 0 ? Effect.void : sql`
-    INSERT INTO runtime.projection_checkpoints ${sql.insert(rows as [CheckpointRow, ...Array<CheckpointRow>])}
+    INSERT INTO runtime.projection_checkpoints (entity_kind, entity_id, last_seq, doc_hash, projection_version)
+    SELECT * FROM unnest(${rows.map((r) => r.entity_kind)}::text[], ${rows.map((r) => r.entity_id)}::text[],
+                         ${rows.map((r) => BigInt(r.last_seq))}::bigint[], ${rows.map((r) => r.doc_hash)}::text[],
+                         ${rows.map((r) => r.projection_version)}::integer[])
     ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
       projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
 

@@ -227,22 +227,35 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
                 RETURNING owner_user_id, last_ordinal`).map((r) => [r.owner_user_id, Number(r.last_ordinal)])
             )
             const nextOrdinal = new Map(owners.map((o) => [o, lastOrdinal.get(o)! - perOwner.get(o)! + 1]))
-            const eventRows = appends.map(([i, a]) => {
+            // One array per column (`unnest`): a fixed statement, whatever the batch size.
+            const n = appends.length
+            const cols = {
+              runId: new Array<string>(n),
+              seq: new Array<bigint>(n),
+              ordinal: new Array<bigint>(n),
+              type: new Array<string>(n),
+              payload: new Array<string>(n),
+              occurredAt: new Array<Date>(n),
+              requestId: new Array<string>(n)
+            }
+            appends.forEach(([i, a], k) => {
               const ordinal = nextOrdinal.get(a.ownerUserId)!
               nextOrdinal.set(a.ownerUserId, ordinal + 1)
-              return {
-                run_id: a.event.runId,
-                seq: a.seq,
-                owner_ordinal: ordinal,
-                type: a.event.type,
-                payload: JSON.stringify(a.event.payload),
-                occurred_at: new Date(a.event.occurredAtMs),
-                request_id: requestIds(i) ?? null
-              }
+              cols.runId[k] = a.event.runId
+              cols.seq[k] = BigInt(a.seq)
+              cols.ordinal[k] = BigInt(ordinal)
+              cols.type[k] = a.event.type
+              cols.payload[k] = JSON.stringify(a.event.payload)
+              cols.occurredAt[k] = new Date(a.event.occurredAtMs)
+              cols.requestId[k] = requestIds(i) ?? "" // never empty when given (requestIdOf)
             })
             const stored = new Map<string, EventRow>()
             for (const r of yield* sql<EventRow & { run_id: string }>`
-              INSERT INTO runtime.run_events ${sql.insert(eventRows as [typeof eventRows[0], ...typeof eventRows])}
+              INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
+              SELECT run_id, seq, ordinal, type, payload, occurred_at, NULLIF(request_id, '')
+              FROM unnest(${cols.runId}::text[], ${cols.seq}::bigint[], ${cols.ordinal}::bigint[], ${cols.type}::text[],
+                          ${cols.payload}::jsonb[], ${cols.occurredAt}::timestamptz[], ${cols.requestId}::text[])
+                AS x(run_id, seq, ordinal, type, payload, occurred_at, request_id)
               RETURNING run_id, seq, type, payload::text AS payload, occurred_at`) {
               stored.set(`${r.run_id}:${r.seq}`, r)
             }
