@@ -62,6 +62,28 @@ const errorMessage = (payload: JsonObject): string => {
   return typeof m === "string" ? m : m === undefined ? "" : JSON.stringify(m)
 }
 
+/**
+ * The status a worker has after an event, given its status before. The projection sets the
+ * summary's status with it, and grouped commands judge the lifecycle of a later command with it
+ * before anything is projected.
+ */
+export const workerStatusAfter = (current: string, type: WorkerEventType, payload: JsonObject): string => {
+  switch (type) {
+    case "worker.started":
+    case "worker.resumed":
+      return "running"
+    case "worker.stopped":
+      return "stopped"
+    case "worker.error":
+      return payload["fatal"] === true ? "failed" : current
+    case "worker.created":
+    case "worker.heartbeat":
+    case "worker.event":
+    case "worker.request.received":
+      return current
+  }
+}
+
 /** previous summary + event → next summary (returns `prev` itself when a heartbeat coalesces). */
 export const projectWorker = (prev: CodexWorkerSummary | undefined, event: WorkerEventRecord): CodexWorkerSummary => {
   const at = timestampFromMs(event.occurredAtMs)
@@ -79,6 +101,7 @@ export const projectWorker = (prev: CodexWorkerSummary | undefined, event: Worke
   }
   const next = create(CodexWorkerSummarySchema, {
     ...base,
+    status: workerStatusAfter(base.status, event.type, event.payload),
     lastSeq: BigInt(event.seq),
     lastEventType: event.type,
     eventCounts: sortedCounts(base.eventCounts, event.type),
@@ -92,24 +115,18 @@ export const projectWorker = (prev: CodexWorkerSummary | undefined, event: Worke
       break
     }
     case "worker.started":
-      next.status = "running"
       next.startedAt = at
       break
     case "worker.stopped":
-      next.status = "stopped"
       next.stoppedAt = at
       break
     case "worker.error": {
       const fatal = event.payload["fatal"] === true
       next.error = create(WorkerErrorSchema, { message: errorMessage(event.payload), fatal, occurredAt: at })
-      if (fatal) {
-        next.status = "failed"
-        next.stoppedAt = at
-      }
+      if (fatal) next.stoppedAt = at
       break
     }
     case "worker.resumed":
-      next.status = "running"
       next.error = undefined
       next.stoppedAt = undefined
       break

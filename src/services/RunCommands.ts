@@ -11,7 +11,7 @@
  * in the database is retried one command at a time, so a refused command fails alone. Validation errors
  * are answered before any of this; a command issued inside a caller's transaction joins it.
  */
-import { Clock, Context, Effect, Layer, Metric, Option, Schema, type Tracer } from "effect"
+import { Clock, Context, Effect, Layer, Option, Schema, type Tracer } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { runSummaryJson } from "../domain/Documents.ts"
@@ -19,14 +19,13 @@ import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
 import { isStorableJson, isStorableString } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
-import { CommandRunner, type CommandResult, commitFailed, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
+import { type ItemAnswer, makeCommandGroups } from "./CommandGroups.ts"
+import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore } from "./EventStore.ts"
-import { makeGroupCommitter } from "./GroupCommit.ts"
-import { commandGroupEvents } from "./Metrics.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
 import { Projector } from "./Projector.ts"
 import { ReadModels } from "./ReadModels.ts"
-import { type GroupItem, type ItemAnswer, MAX_BATCH_EVENTS, RunEventBatches } from "./RunEventBatches.ts"
+import { type GroupItem, MAX_BATCH_EVENTS, RunEventBatches } from "./RunEventBatches.ts"
 
 export const IdempotencyKey = Schema.String.check(
   Schema.isMinLength(1),
@@ -118,13 +117,6 @@ export const lifecycleRejection = (
   return undefined
 }
 
-/** Group transactions committing at once (each holds one pooled connection while it commits). */
-const GROUP_COMMIT_WORKERS = 2
-/** Lone commits failing in the database in a row after which a failed group's rest fails at once. */
-const FALLBACK_FAILURES = 3
-/** Commands waiting for a group beyond which new ones wait to be queued (HTTP backpressure). */
-const GROUP_COMMIT_QUEUE = 4 * MAX_BATCH_EVENTS
-
 interface PendingCommand extends GroupItem {
   readonly now: number
   /** The request's span: a command committed alone is traced under it. */
@@ -188,52 +180,12 @@ export class RunCommands extends Context.Service<RunCommands, {
           Effect.catch((e: ApiError) => Effect.succeed(e))
         )
 
-      /**
-       * A statement of the shared transaction failed, so it rolled back and nothing of the group
-       * committed. That may be one command's doing (a row the database refuses) or not (the
-       * connection dropped); so each command is committed alone, in arrival order, and a poison
-       * command fails only itself. After FALLBACK_FAILURES lone failures in a row the database is
-       * taken to be down and the rest get the same answer (a retryable 500) at once instead of
-       * each waiting to fail. (When the outcome is unknown — COMMIT failed — nothing is retried.)
-       */
-      const oneByOne = (items: ReadonlyArray<PendingCommand>, groupError: ApiError) =>
-        Effect.gen(function*() {
-          const answers: Array<ItemAnswer> = []
-          let failuresInARow = 0
-          for (const item of items) {
-            if (failuresInARow >= FALLBACK_FAILURES) {
-              answers.push(groupError)
-              continue
-            }
-            const answer = yield* alone(item)
-            failuresInARow = answer instanceof ApiError && answer.code === "internal" ? failuresInARow + 1 : 0
-            answers.push(answer)
-          }
-          return answers
-        })
-
       // Group commit: concurrent commands share transactions (RunEventBatches.commitGroup answers
-      // each exactly as its own transaction would); a command that finds a worker idle commits alone.
-      const committer = yield* makeGroupCommitter<PendingCommand, ItemAnswer, never>({
-        workers: GROUP_COMMIT_WORKERS,
+      // each exactly as its own transaction would); a command that finds a committer idle commits alone.
+      const committer = yield* makeCommandGroups<PendingCommand>({
         maxGroup: MAX_BATCH_EVENTS,
-        capacity: GROUP_COMMIT_QUEUE,
-        commit: (items) =>
-          Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
-            items.length === 1
-              ? Effect.map(alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
-              // Committed at the latest of its commands' request times (the injected clock's).
-              : batches.commitGroup(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
-                Effect.catchTag("StatementFailed", (e) =>
-                  Effect.logWarning(
-                    `a group of ${items.length} commands failed in the database; committing them one at a time`,
-                    e.cause
-                  ).pipe(Effect.andThen(oneByOne(items, commitFailed())))),
-                // BEGIN or COMMIT failed: the group may have committed; every command gets the 500
-                // (a retry with its idempotency key is safe), none is committed again here.
-                Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))
-              )
-          ))
+        alone,
+        together: batches.commitGroup
       })
 
       const appendEvent = Effect.fn("RunCommands.appendEvent")(function*(

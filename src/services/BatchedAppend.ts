@@ -1,0 +1,308 @@
+/**
+ * BatchedAppend: the steps every set-based event transaction shares (RunEventBatches for runs,
+ * WorkerEventBatches for Codex workers), each one statement whatever the number of events.
+ *
+ * The caller locks its entity rows (sorted by id) and judges its items in order — each item's
+ * outcome is what its command alone would answer at that point — with a `KeyLedger` for
+ * idempotency keys (stored ones and the batch's own). The accepted events are then appended in one
+ * go (`appendEvents`): owner ordinals (owner order), the authority events, read back, projected in
+ * item order, their journal entries (topic order), documents and checkpoints. `answersOf` turns
+ * the outcomes into answers and stores the keyed ones. The caller updates its entity rows.
+ *
+ * Locks are taken in one global order — entity rows by id, owner ordinals by owner, topic seqs by
+ * topic — which single commands follow too, so no two transactions can deadlock.
+ */
+import { Effect, Metric, Schema } from "effect"
+import type { SqlClient } from "effect/sql"
+import type { SqlError } from "effect/sql/SqlError"
+import { ApiError, apiError } from "../domain/ApiError.ts"
+import type { JsonObject } from "../domain/Json.ts"
+import type { ItemAnswer } from "./CommandGroups.ts"
+import type { CommandResult, CommandRunner } from "./CommandRunner.ts"
+import type { EventRow } from "./EventStore.ts"
+import type { EntityKind, IdempotencyScope } from "./Idempotency.ts"
+import { type Journal, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
+import { commandsTotal } from "./Metrics.ts"
+import { projectSet, type ProjectionSpec, upsertCheckpoints, upsertDocuments } from "./Projector.ts"
+
+/** Item `index` would not fit one sync frame: the batch is judged again without it (413). */
+export class ItemTooLarge extends Schema.TaggedError<ItemTooLarge>()("ItemTooLarge", {
+  index: Schema.Number,
+  bytes: Schema.Number,
+  limit: Schema.Number
+}) {}
+
+/** An accepted event: the seq it takes and what it appends. */
+export interface Append {
+  readonly _tag: "append"
+  readonly entityId: string
+  readonly ownerUserId: string
+  readonly seq: number
+  readonly type: string
+  readonly payload: JsonObject
+  readonly occurredAtMs: number
+  readonly scope: IdempotencyScope | undefined
+}
+
+/** What one item comes to, in order. */
+export type Outcome =
+  | { readonly _tag: "rejected"; readonly error: ApiError }
+  | { readonly _tag: "replayStored"; readonly body: JsonObject }
+  | { readonly _tag: "replayItem"; readonly index: number }
+  | Append
+
+const keyOf = (entityId: string, key: string) => `${entityId}\u0000${key}`
+
+/**
+ * The idempotency keys of one batch: those stored before it (read once) and those its own
+ * accepted items use. `check` is what `Idempotency.guard` would decide for the item.
+ */
+export class KeyLedger {
+  private readonly batch = new Map<string, { readonly hash: string; readonly index: number }>()
+  private readonly stored: ReadonlyMap<string, { readonly hash: string; readonly response: JsonObject }>
+  private constructor(stored: ReadonlyMap<string, { readonly hash: string; readonly response: JsonObject }>) {
+    this.stored = stored
+  }
+
+  /** Reads the stored keys of the keyed items (one statement; none without keys). */
+  static load(sql: SqlClient.SqlClient, kind: EntityKind, scopes: ReadonlyArray<IdempotencyScope>) {
+    return Effect.gen(function*() {
+      const stored = new Map<string, { hash: string; response: JsonObject }>()
+      if (scopes.length > 0) {
+        const rows = yield* sql<{ entity_id: string; idempotency_key: string; request_hash: string; response: JsonObject }>`
+          SELECT entity_id, idempotency_key, request_hash, response FROM runtime.idempotency_keys
+          WHERE entity_kind = ${kind} AND (entity_id, idempotency_key) IN (
+            SELECT * FROM unnest(${scopes.map((s) => s.entityId)}::text[], ${scopes.map((s) => s.key)}::text[]))`
+        for (const r of rows) stored.set(keyOf(r.entity_id, r.idempotency_key), { hash: r.request_hash, response: r.response })
+      }
+      return new KeyLedger(stored)
+    })
+  }
+
+  /** A replay or a reused-key rejection if the key was seen; `undefined` to go on judging. */
+  check(scope: IdempotencyScope | undefined): Outcome | undefined {
+    if (scope === undefined) return undefined
+    const k = keyOf(scope.entityId, scope.key)
+    const prior = this.stored.get(k) ?? this.batch.get(k)
+    if (prior === undefined) return undefined
+    if (prior.hash !== scope.requestHash) {
+      return {
+        _tag: "rejected",
+        error: apiError("idempotency_key_reused", "this idempotency_key was used with a different request", {
+          idempotency_key: scope.key
+        })
+      }
+    }
+    return "response" in prior ? { _tag: "replayStored", body: prior.response } : { _tag: "replayItem", index: prior.index }
+  }
+
+  /** Item `index` was accepted under its key: later retries in the batch replay it. */
+  accepted(scope: IdempotencyScope | undefined, index: number) {
+    if (scope !== undefined) this.batch.set(keyOf(scope.entityId, scope.key), { hash: scope.requestHash, index })
+  }
+}
+
+/** How one entity kind's events are stored and projected. */
+export interface EventKind<Doc> {
+  readonly stream: "runs" | "workers"
+  /** How a stored event row projects. */
+  readonly spec: (entityId: string, ownerUserId: string, row: EventRow) => ProjectionSpec<Doc>
+  readonly decode: (bytes: Uint8Array) => Doc
+}
+
+/**
+ * Appends every accepted event (outcomes that are `append`): owner ordinals, the events (read
+ * back, so the projector sees what a replay will), projection in item order, journal entries,
+ * documents and checkpoints. Returns each item's topic seqs (by item index), the batch's heads,
+ * and the entities whose events were appended. An oversized entry fails with `ItemTooLarge`.
+ */
+export const appendEvents = <Doc>(
+  sql: SqlClient.SqlClient,
+  journal: Journal["Service"],
+  kind: EventKind<Doc>,
+  outcomes: ReadonlyArray<Outcome>,
+  requestIds: (i: number) => string | undefined,
+  now: number
+): Effect.Effect<
+  { readonly itemTopicSeqs: ReadonlyArray<TopicSeqs | undefined>; readonly topicSeqs: TopicSeqs; readonly appended: number },
+  SqlError | ItemTooLarge
+> =>
+  Effect.gen(function*() {
+    const appends: Array<[number, Append]> = []
+    outcomes.forEach((o, i) => {
+      if (o._tag === "append") appends.push([i, o])
+    })
+    const itemTopicSeqs = new Array<TopicSeqs | undefined>(outcomes.length)
+    const topicSeqs: TopicSeqs = {}
+    if (appends.length === 0) return { itemTopicSeqs, topicSeqs, appended: 0 }
+
+    // Owner ordinals (owner order), then every event in one statement, read back.
+    const perOwner = new Map<string, number>()
+    for (const [, a] of appends) perOwner.set(a.ownerUserId, (perOwner.get(a.ownerUserId) ?? 0) + 1)
+    const owners = [...perOwner.keys()].sort()
+    const lastOrdinal = new Map(
+      (yield* sql<{ owner_user_id: string; last_ordinal: bigint }>`
+        INSERT INTO runtime.owner_sequences AS s (owner_user_id, stream, last_ordinal)
+        SELECT u, ${kind.stream}, n FROM unnest(${owners}::text[], ${owners.map((o) => perOwner.get(o)!)}::bigint[]) AS x(u, n)
+        ORDER BY u
+        ON CONFLICT (owner_user_id, stream) DO UPDATE SET last_ordinal = s.last_ordinal + EXCLUDED.last_ordinal
+        RETURNING owner_user_id, last_ordinal`).map((r) => [r.owner_user_id, Number(r.last_ordinal)])
+    )
+    const nextOrdinal = new Map(owners.map((o) => [o, lastOrdinal.get(o)! - perOwner.get(o)! + 1]))
+    // One array per column (`unnest`): a fixed statement, whatever the batch size.
+    const n = appends.length
+    const cols = {
+      entityId: new Array<string>(n),
+      seq: new Array<bigint>(n),
+      ordinal: new Array<bigint>(n),
+      type: new Array<string>(n),
+      payload: new Array<string>(n),
+      occurredAt: new Array<Date>(n),
+      requestId: new Array<string>(n)
+    }
+    appends.forEach(([i, a], k) => {
+      const ordinal = nextOrdinal.get(a.ownerUserId)!
+      nextOrdinal.set(a.ownerUserId, ordinal + 1)
+      cols.entityId[k] = a.entityId
+      cols.seq[k] = BigInt(a.seq)
+      cols.ordinal[k] = BigInt(ordinal)
+      cols.type[k] = a.type
+      cols.payload[k] = JSON.stringify(a.payload)
+      cols.occurredAt[k] = new Date(a.occurredAtMs)
+      cols.requestId[k] = requestIds(i) ?? "" // never empty when given (requestIdOf)
+    })
+    const values = sql`
+      SELECT entity_id, seq, ordinal, type, payload, occurred_at, NULLIF(request_id, '')
+      FROM unnest(${cols.entityId}::text[], ${cols.seq}::bigint[], ${cols.ordinal}::bigint[], ${cols.type}::text[],
+                  ${cols.payload}::jsonb[], ${cols.occurredAt}::timestamptz[], ${cols.requestId}::text[])
+        AS x(entity_id, seq, ordinal, type, payload, occurred_at, request_id)`
+    const rows = yield* (kind.stream === "runs"
+      ? sql<EventRow & { entity_id: string }>`
+          INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id) ${values}
+          RETURNING run_id AS entity_id, seq, type, payload::text AS payload, occurred_at`
+      : sql<EventRow & { entity_id: string }>`
+          INSERT INTO runtime.codex_worker_events (worker_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
+          ${values}
+          RETURNING worker_id AS entity_id, seq, type, payload::text AS payload, occurred_at`)
+    const stored = new Map<string, EventRow>()
+    for (const r of rows) stored.set(`${r.entity_id}:${r.seq}`, r)
+
+    // Projected in item order from the stored documents.
+    const set = yield* projectSet(
+      sql,
+      appends.map(([, a]) => kind.spec(a.entityId, a.ownerUserId, stored.get(`${a.entityId}:${a.seq}`)!)),
+      kind.decode
+    )
+    const draftItem = set.draftEvent.map((k) => appends[k]![0])
+
+    // The journal: every entry of the batch, seqs allocated in topic order.
+    const appended = yield* journal.appendAll(set.drafts, now).pipe(
+      Effect.catchIf(
+        (e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge,
+        (e) => Effect.fail(new ItemTooLarge({ index: draftItem[e.draft]!, bytes: e.bytes, limit: e.limit }))
+      )
+    )
+    set.drafts.forEach((d, k) => {
+      const i = draftItem[k]!
+      const seq = appended.seqs[k]!
+      ;(itemTopicSeqs[i] ??= {})[d.topic] = seq
+      topicSeqs[d.topic] = Math.max(topicSeqs[d.topic] ?? 0, seq)
+    })
+
+    // Final documents (changed ones) and checkpoints: one statement each.
+    yield* upsertDocuments(sql, set.documents)
+    yield* upsertCheckpoints(sql, set.checkpoints)
+    return { itemTopicSeqs, topicSeqs, appended: n }
+  })
+
+/**
+ * Every item's answer — an error, a replay (200 with the first answer), or the append's 201 with
+ * `body` — and the keyed appends' answers stored for retries (one statement).
+ */
+export const answersOf = (
+  sql: SqlClient.SqlClient,
+  kind: EntityKind,
+  outcomes: ReadonlyArray<Outcome>,
+  body: (a: Append, i: number) => JsonObject
+) =>
+  Effect.gen(function*() {
+    const results: Array<CommandResult | ApiError> = outcomes.map((o, i) => {
+      switch (o._tag) {
+        case "rejected":
+          return o.error
+        case "replayStored":
+          return { status: 200, body: o.body }
+        case "append":
+          return { status: 201, body: body(o, i) }
+        case "replayItem":
+          return { status: 200, body: {} }
+      }
+    })
+    outcomes.forEach((o, i) => {
+      if (o._tag === "replayItem") results[i] = { status: 200, body: (results[o.index] as CommandResult).body }
+    })
+    const keyed: Array<[number, Append & { readonly scope: IdempotencyScope }]> = []
+    outcomes.forEach((o, i) => {
+      if (o._tag === "append" && o.scope !== undefined) keyed.push([i, o as Append & { scope: IdempotencyScope }])
+    })
+    if (keyed.length > 0) {
+      yield* sql`
+        INSERT INTO runtime.idempotency_keys (entity_kind, entity_id, idempotency_key, request_hash, status, response)
+        SELECT ${kind}, id, k, h, 201, r FROM unnest(${keyed.map(([, a]) => a.entityId)}::text[],
+          ${keyed.map(([, a]) => a.scope.key)}::text[], ${keyed.map(([, a]) => a.scope.requestHash)}::text[],
+          ${keyed.map(([i]) => JSON.stringify((results[i] as CommandResult).body))}::jsonb[]) AS x(id, k, h, r)`
+    }
+    return results
+  })
+
+/** What a batch transaction answers: per item, the batch's topic heads, the events appended. */
+export interface BatchResult {
+  readonly results: ReadonlyArray<ItemAnswer>
+  readonly topicSeqs: TopicSeqs
+  readonly appended: number
+}
+
+/**
+ * Runs a batch transaction (`body`, given the items already refused) under `command`: an item
+ * whose journal entry would not fit one frame is 413 and the batch is committed again without it.
+ * Counts every item's outcome under its label. A failing statement is a 500 for every item, or
+ * `rolledBack`'s error when given (rolled back: nothing committed).
+ */
+export const commitBatch = <R, E = never>(
+  runner: CommandRunner["Service"],
+  command: string,
+  labels: ReadonlyArray<string>,
+  body: (rejected: ReadonlyMap<number, ApiError>) => Effect.Effect<BatchResult, SqlError | ItemTooLarge, R>,
+  rolledBack?: (cause: SqlError) => E
+) =>
+  Effect.gen(function*() {
+    const rejected = new Map<number, ApiError>()
+    let done: BatchResult | undefined
+    while (done === undefined) {
+      done = yield* runner.transact(command, Effect.map(body(rejected), (r) => ({ status: 201, body: {}, ...r })), rolledBack).pipe(
+        Effect.catchIf((e): e is ItemTooLarge => e instanceof ItemTooLarge, (e) =>
+          Effect.sync(() => {
+            rejected.set(
+              e.index,
+              apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
+                limit_bytes: e.limit
+              })
+            )
+            return undefined
+          }))
+      )
+    }
+    // One counter update per (label, outcome), not per item.
+    const counts = new Map<string, { command: string; outcome: string; n: number }>()
+    done.results.forEach((r, i) => {
+      const outcome = r instanceof ApiError ? r.code : r.status === 201 ? "ok" : "replayed"
+      const key = `${labels[i]}\u0000${outcome}`
+      const c = counts.get(key)
+      if (c) c.n++
+      else counts.set(key, { command: labels[i]!, outcome, n: 1 })
+    })
+    for (const c of counts.values()) {
+      yield* Metric.update(Metric.withAttributes(commandsTotal, { command: c.command, outcome: c.outcome }), c.n)
+    }
+    return done
+  })

@@ -1,0 +1,90 @@
+/**
+ * CommandGroups: group commit of concurrent single-event commands (run events, worker events and
+ * heartbeats), on top of GroupCommit's queue.
+ *
+ * A command that finds a committer idle commits alone, in its own transaction and under its
+ * request's span. Commands arriving while both committers are busy gather and go together through
+ * a set-based transaction (`together`: RunEventBatches / WorkerEventBatches), which answers and
+ * writes exactly what the commands would have one after another in arrival order. When a statement
+ * of that shared transaction fails, it rolled back and nothing of the group committed; that may be
+ * one command's doing (a row the database refuses) or not (the connection dropped), so each
+ * command is then committed alone, in arrival order, and a poison command fails only itself. After
+ * FALLBACK_FAILURES lone failures in a row the database is taken to be down and the rest get the
+ * same answer (a retryable 500) at once instead of each waiting to fail. When the outcome is
+ * unknown (BEGIN or COMMIT failed) every command of the group gets the 500 and none is committed
+ * again here: a retry with its idempotency key is safe.
+ */
+import { Effect, Metric, Schema, type Scope } from "effect"
+import { ApiError } from "../domain/ApiError.ts"
+import { type CommandResult, commitFailed } from "./CommandRunner.ts"
+import { makeGroupCommitter } from "./GroupCommit.ts"
+import { commandGroupEvents } from "./Metrics.ts"
+
+/** One command's answer inside a group: what it would answer alone, or its typed error. */
+export type ItemAnswer = CommandResult | ApiError
+
+/** A statement of a group's transaction failed: the transaction rolled back, nothing committed. */
+export class StatementFailed extends Schema.TaggedError<StatementFailed>()("StatementFailed", {
+  cause: Schema.Unknown
+}) {}
+
+/** Group transactions committing at once (each holds one pooled connection while it commits). */
+const GROUP_COMMIT_WORKERS = 2
+/** Lone commits failing in the database in a row after which a failed group's rest fails at once. */
+const FALLBACK_FAILURES = 3
+
+export interface CommandGroups<P> {
+  /** Commits `item` (alone or in a group) and answers what it would answer alone. */
+  readonly submit: (item: P) => Effect.Effect<ItemAnswer>
+}
+
+export const makeCommandGroups = <P extends { readonly now: number }>(options: {
+  /** Most commands in one group. */
+  readonly maxGroup: number
+  /** One command in its own transaction; its error is its answer. */
+  readonly alone: (item: P) => Effect.Effect<ItemAnswer>
+  /**
+   * Many commands in one set-based transaction, committed at `now`: answers in input order.
+   * `StatementFailed` when a statement failed (rolled back); an `ApiError` when BEGIN or COMMIT
+   * failed (the outcome is unknown).
+   */
+  readonly together: (items: ReadonlyArray<P>, now: number) => Effect.Effect<ReadonlyArray<ItemAnswer>, ApiError | StatementFailed>
+}): Effect.Effect<CommandGroups<P>, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const oneByOne = (items: ReadonlyArray<P>, groupError: ApiError) =>
+      Effect.gen(function*() {
+        const answers: Array<ItemAnswer> = []
+        let failuresInARow = 0
+        for (const item of items) {
+          if (failuresInARow >= FALLBACK_FAILURES) {
+            answers.push(groupError)
+            continue
+          }
+          const answer = yield* options.alone(item)
+          failuresInARow = answer instanceof ApiError && answer.code === "internal" ? failuresInARow + 1 : 0
+          answers.push(answer)
+        }
+        return answers
+      })
+
+    return yield* makeGroupCommitter<P, ItemAnswer, never>({
+      workers: GROUP_COMMIT_WORKERS,
+      maxGroup: options.maxGroup,
+      // Commands waiting for a group beyond which new ones wait to be queued (HTTP backpressure).
+      capacity: 4 * options.maxGroup,
+      commit: (items) =>
+        Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
+          items.length === 1
+            ? Effect.map(options.alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
+            // Committed at the latest of its commands' request times (the injected clock's).
+            : options.together(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
+              Effect.catchTag("StatementFailed", (e) =>
+                Effect.logWarning(
+                  `a group of ${items.length} commands failed in the database; committing them one at a time`,
+                  e.cause
+                ).pipe(Effect.andThen(oneByOne(items, commitFailed())))),
+              Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))
+            )
+        ))
+    })
+  })
