@@ -19,6 +19,7 @@ import { TokenIssuer } from "../services/TokenIssuer.ts"
 import { TokenVerifier } from "../services/TokenVerifier.ts"
 import { TopicAccess } from "../services/TopicAccess.ts"
 import { WorkerCommands } from "../services/WorkerCommands.ts"
+import { WorkerEventBatches } from "../services/WorkerEventBatches.ts"
 import { JournalFeedLive } from "../services/JournalFeed.ts"
 import { JournalNotifier } from "../services/JournalNotifier.ts"
 import { Retention, RetentionJobLive } from "../services/Retention.ts"
@@ -53,7 +54,7 @@ const BaseServices = Layer.mergeAll(
 /** All services; requires `SqlClient`/`PgClient` and `KhalaConfig`. */
 export const ServicesLive = Layer.mergeAll(
   RunCommands.layer.pipe(Layer.provideMerge(RunEventBatches.layer)),
-  WorkerCommands.layer,
+  WorkerCommands.layer.pipe(Layer.provideMerge(WorkerEventBatches.layer)),
   ProjectionOps.layer
 ).pipe(
   Layer.provideMerge(Projector.layer),

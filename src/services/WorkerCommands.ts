@@ -12,7 +12,8 @@
 import { timestampFromMs } from "@bufbuild/protobuf/wkt"
 import { toJson } from "@bufbuild/protobuf"
 import { TimestampSchema } from "@bufbuild/protobuf/wkt"
-import { Clock, Context, Effect, Layer, Schema } from "effect"
+import { Clock, Context, Effect, Layer, Option, Schema, type Tracer } from "effect"
+import { SqlClient } from "effect/sql"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { workerSummaryJson } from "../domain/Documents.ts"
 import { heartbeatView } from "../domain/Heartbeat.ts"
@@ -26,6 +27,7 @@ import {
   type WorkerEventType
 } from "../domain/WorkerProjection.ts"
 import { KhalaConfig } from "../layers/Config.ts"
+import { type ItemAnswer, makeCommandGroups } from "./CommandGroups.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore, type WorkerRow } from "./EventStore.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
@@ -34,6 +36,7 @@ import { Projector } from "./Projector.ts"
 import { ReadModels, type StoredDoc } from "./ReadModels.ts"
 import { checkId, checkPayload, IdempotencyKey, Payload } from "./RunCommands.ts"
 import type { CodexWorkerSummary } from "../gen/openagents/sync/v1/documents_pb.ts"
+import { type WorkerGroupItem, WorkerEventBatches, workerNotFound, workerTerminal } from "./WorkerEventBatches.ts"
 
 export const CreateWorkerBody = Schema.Struct({
   worker_id: Schema.String,
@@ -64,6 +67,15 @@ export const ResumeBody = Schema.Struct({
 
 const iso = (ms: number) => toJson(TimestampSchema, timestampFromMs(ms)) as string
 
+/** Most worker commands in one group transaction. */
+const MAX_WORKER_GROUP = 500
+
+interface PendingWorkerCommand extends WorkerGroupItem {
+  readonly now: number
+  /** The request's span: a command committed alone is traced under it. */
+  readonly span: Tracer.AnySpan | undefined
+}
+
 export class WorkerCommands extends Context.Service<WorkerCommands, {
   readonly create: (body: unknown, requestId: string | undefined) => Effect.Effect<CommandResult, ApiError>
   readonly get: (workerId: string) => Effect.Effect<JsonObject, ApiError>
@@ -82,6 +94,8 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
       const projector = yield* Projector
       const idempotency = yield* Idempotency
       const readModels = yield* ReadModels
+      const batches = yield* WorkerEventBatches
+      const sql = yield* SqlClient.SqlClient
 
       /** Snapshot JSON: the summary document plus authority heartbeat fields. */
       const snapshotJson = (row: WorkerRow, summary: CodexWorkerSummary | undefined, nowMs: number): JsonObject => ({
@@ -137,19 +151,10 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
 
       const lockOr404 = (workerId: string) =>
         Effect.flatMap(store.lockWorker(workerId), (row) =>
-          row
-            ? Effect.succeed(row)
-            : Effect.fail(apiError("worker_not_found", `worker ${workerId} does not exist`, { worker_id: workerId })))
+          row ? Effect.succeed(row) : Effect.fail(workerNotFound(workerId)))
 
       const terminal409 = (row: WorkerRow) =>
-        isTerminalWorkerStatus(row.status)
-          ? Effect.fail(
-            apiError("worker_terminal", `worker ${row.workerId} is ${row.status}; resume it first`, {
-              worker_id: row.workerId,
-              status: row.status
-            })
-          )
-          : Effect.void
+        isTerminalWorkerStatus(row.status) ? Effect.fail(workerTerminal(row.workerId, row.status)) : Effect.void
 
       /** The envelope of every command on an existing worker: transaction → lock (404) → idempotency. */
       const onLockedWorker = (
@@ -163,23 +168,41 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
           Effect.flatMap(lockOr404(workerId), (row) => idempotency.guard(scope, body(row)))
         )
 
-      /** The transaction body shared by the append-style commands (events, heartbeat). */
-      const appendCommand = (
-        command: string,
-        workerId: string,
-        scope: IdempotencyScope | undefined,
-        type: WorkerEventType,
-        payload: JsonObject,
-        occurredAtMs: number,
-        nowMs: number,
-        requestId: string | undefined
-      ) =>
-        onLockedWorker(type, workerId, scope, (row) =>
+      /** An append-style command (event, heartbeat) alone: its own transaction. */
+      const appendCommand = (item: WorkerGroupItem, now: number) =>
+        onLockedWorker(item.type, item.workerId, item.scope, (row) =>
           Effect.gen(function*() {
             yield* terminal409(row)
-            const out = yield* appendLocked(row, type, payload, occurredAtMs, nowMs, requestId)
-            return { status: 201, body: { worker_id: workerId, seq: out.seq, topic_seqs: out.topicSeqs } }
-          })).pipe(Effect.annotateSpans({ "khala.command": command }))
+            const out = yield* appendLocked(row, item.type, item.payload, item.occurredAtMs, now, item.requestId)
+            return { status: 201, body: { worker_id: item.workerId, seq: out.seq, topic_seqs: out.topicSeqs } }
+          }))
+
+      /** One command in its own transaction, traced under its request; its error is its answer. */
+      const alone = (item: PendingWorkerCommand): Effect.Effect<ItemAnswer> =>
+        appendCommand(item, item.now).pipe(
+          item.span === undefined ? (e) => e : Effect.withParentSpan(item.span),
+          Effect.catch((e: ApiError) => Effect.succeed(e))
+        )
+
+      // Group commit: concurrent event and heartbeat commands share transactions
+      // (WorkerEventBatches answers each exactly as its own transaction would).
+      const committer = yield* makeCommandGroups<PendingWorkerCommand>({
+        maxGroup: MAX_WORKER_GROUP,
+        alone,
+        together: batches.commitGroup
+      })
+
+      /** Commits a validated append-style command: alone, or grouped with concurrent ones. */
+      const submitAppend = (command: string, item: WorkerGroupItem, now: number) =>
+        Effect.gen(function*() {
+          yield* Effect.annotateCurrentSpan({ "khala.worker_id": item.workerId, "khala.command": command })
+          // Inside a caller's transaction (tools, tests): join it, as one command always did.
+          if (Option.isSome(yield* Effect.serviceOption(sql.transactionService))) return yield* appendCommand(item, now)
+          const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+          const answer = yield* committer.submit({ ...item, now, span })
+          if (answer instanceof ApiError) return yield* answer
+          return answer
+        })
 
       const summaryOf = (workerId: string) =>
         Effect.map(readModels.workerSummary(workerId), (d: StoredDoc<CodexWorkerSummary> | undefined) => d?.doc)
@@ -239,16 +262,14 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const payload = yield* checkPayload(body.payload)
         const now = yield* Clock.currentTimeMillis
         const at = yield* occurredAt(body.occurred_at, now)
-        return yield* appendCommand(
-          "events",
+        return yield* submitAppend("events", {
           workerId,
-          scopeOf(workerId, "worker.event", body),
-          body.event_type,
+          type: body.event_type,
           payload,
-          at,
-          now,
+          occurredAtMs: at,
+          scope: scopeOf(workerId, "worker.event", body),
           requestId
-        )
+        }, now)
       })
 
       const heartbeat = Effect.fn("WorkerCommands.heartbeat")(function*(
@@ -261,16 +282,14 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
         const payload = yield* checkPayload(body.payload)
         const now = yield* Clock.currentTimeMillis
         const at = yield* occurredAt(body.occurred_at, now)
-        return yield* appendCommand(
-          "heartbeat",
+        return yield* submitAppend("heartbeat", {
           workerId,
-          scopeOf(workerId, "worker.heartbeat", body),
-          "worker.heartbeat",
+          type: "worker.heartbeat",
           payload,
-          at,
-          now,
+          occurredAtMs: at,
+          scope: scopeOf(workerId, "worker.heartbeat", body),
           requestId
-        )
+        }, now)
       })
 
       const stop = Effect.fn("WorkerCommands.stop")(function*(workerId: string, raw: unknown, requestId: string | undefined) {
