@@ -32,7 +32,7 @@ export const feedReconcileWakeups = Metric.counter("khala_feed_reconcile_wakeups
   description: "Topic actors the reconciler woke: still behind the journal head read one interval earlier (lost or late notifications)"
 })
 export const commandGroupEvents = Metric.histogram("khala_command_group_events", {
-  description: "Single-event commands per group transaction (group commit of concurrent commands)",
+  description: "Single-event commands (run events, worker events and heartbeats) per group transaction",
   boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 11 })
 })
 export const connectionsGauge = Metric.gauge("khala_ws_connections", { description: "Open WebSocket connections" })

@@ -4,7 +4,7 @@
  * A command alone is one transaction: lock (or create) the run row → idempotency check → lifecycle
  * rules (404 before run.created, 409 on a second run.created or after a terminal event) → append
  * the authority event → project (read model + journal + checkpoint) → store the idempotent response.
- * Concurrent commands are group-committed (GroupCommit): while the workers are busy, new commands
+ * Concurrent commands are group-committed (CommandGroups): while the workers are busy, new commands
  * gather and go together through RunEventBatches' set-based transaction, which answers and writes
  * exactly what the commands would have one after another in arrival order (property-tested), so
  * a burst of writers shares fsyncs and statements instead of queueing for them; a group that fails

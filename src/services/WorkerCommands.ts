@@ -8,6 +8,10 @@
  *   worker is terminal and every mutation is 409 until resume.
  * - Snapshots add `heartbeat_state`/`heartbeat_age_ms` computed at read time from the injected
  *   Clock and the exact last heartbeat of the authority row.
+ * - Concurrent `/events` and `/heartbeat` commands are group-committed (CommandGroups): one alone
+ *   commits in its own transaction; while the committers are busy, new ones gather and go through
+ *   WorkerEventBatches' set-based transaction, which answers and writes what they would one by one.
+ *   Create, stop and resume are one transaction each.
  */
 import { timestampFromMs } from "@bufbuild/protobuf/wkt"
 import { toJson } from "@bufbuild/protobuf"
