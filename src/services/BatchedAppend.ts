@@ -23,6 +23,7 @@ import type { EventRow } from "./EventStore.ts"
 import type { EntityKind, IdempotencyScope } from "./Idempotency.ts"
 import { type Journal, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 import { commandsTotal } from "./Metrics.ts"
+import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
 import { projectSet, type ProjectionSpec, upsertCheckpoints, upsertDocuments } from "./Projector.ts"
 
 /** Item `index` would not fit one sync frame: the batch is judged again without it (413). */
@@ -72,7 +73,7 @@ export class KeyLedger {
         const rows = yield* sql<{ entity_id: string; idempotency_key: string; request_hash: string; response: JsonObject }>`
           SELECT entity_id, idempotency_key, request_hash, response FROM runtime.idempotency_keys
           WHERE entity_kind = ${kind} AND (entity_id, idempotency_key) IN (
-            SELECT * FROM unnest(${scopes.map((s) => s.entityId)}::text[], ${scopes.map((s) => s.key)}::text[]))`
+            SELECT * FROM unnest(${textArray(scopes.map((s) => s.entityId))}, ${textArray(scopes.map((s) => s.key))}))`
         for (const r of rows) stored.set(keyOf(r.entity_id, r.idempotency_key), { hash: r.request_hash, response: r.response })
       }
       return new KeyLedger(stored)
@@ -143,7 +144,8 @@ export const appendEvents = <Doc>(
     const lastOrdinal = new Map(
       (yield* sql<{ owner_user_id: string; last_ordinal: bigint }>`
         INSERT INTO runtime.owner_sequences AS s (owner_user_id, stream, last_ordinal)
-        SELECT u, ${kind.stream}, n FROM unnest(${owners}::text[], ${owners.map((o) => perOwner.get(o)!)}::bigint[]) AS x(u, n)
+        SELECT u, ${kind.stream}, n FROM unnest(${textArray(owners)}, ${int8Array(owners.map((o) => BigInt(perOwner.get(o)!)))})
+          AS x(u, n)
         ORDER BY u
         ON CONFLICT (owner_user_id, stream) DO UPDATE SET last_ordinal = s.last_ordinal + EXCLUDED.last_ordinal
         RETURNING owner_user_id, last_ordinal`).map((r) => [r.owner_user_id, Number(r.last_ordinal)])
@@ -157,8 +159,8 @@ export const appendEvents = <Doc>(
       ordinal: new Array<bigint>(n),
       type: new Array<string>(n),
       payload: new Array<string>(n),
-      occurredAt: new Array<Date>(n),
-      requestId: new Array<string>(n)
+      occurredAtMs: new Array<number>(n),
+      requestId: new Array<string | null>(n)
     }
     appends.forEach(([i, a], k) => {
       const ordinal = nextOrdinal.get(a.ownerUserId)!
@@ -168,14 +170,13 @@ export const appendEvents = <Doc>(
       cols.ordinal[k] = BigInt(ordinal)
       cols.type[k] = a.type
       cols.payload[k] = JSON.stringify(a.payload)
-      cols.occurredAt[k] = new Date(a.occurredAtMs)
-      cols.requestId[k] = requestIds(i) ?? "" // never empty when given (requestIdOf)
+      cols.occurredAtMs[k] = a.occurredAtMs
+      cols.requestId[k] = requestIds(i) ?? null
     })
     const values = sql`
-      SELECT entity_id, seq, ordinal, type, payload, occurred_at, NULLIF(request_id, '')
-      FROM unnest(${cols.entityId}::text[], ${cols.seq}::bigint[], ${cols.ordinal}::bigint[], ${cols.type}::text[],
-                  ${cols.payload}::jsonb[], ${cols.occurredAt}::timestamptz[], ${cols.requestId}::text[])
-        AS x(entity_id, seq, ordinal, type, payload, occurred_at, request_id)`
+      SELECT * FROM unnest(${textArray(cols.entityId)}, ${int8Array(cols.seq)}, ${int8Array(cols.ordinal)},
+                           ${textArray(cols.type)}, ${textArray(cols.payload)}::jsonb[], ${timestamptzArray(cols.occurredAtMs)},
+                           ${textArray(cols.requestId)})`
     const rows = yield* (kind.stream === "runs"
       ? sql<EventRow & { entity_id: string }>`
           INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id) ${values}
@@ -248,9 +249,9 @@ export const answersOf = (
     if (keyed.length > 0) {
       yield* sql`
         INSERT INTO runtime.idempotency_keys (entity_kind, entity_id, idempotency_key, request_hash, status, response)
-        SELECT ${kind}, id, k, h, 201, r FROM unnest(${keyed.map(([, a]) => a.entityId)}::text[],
-          ${keyed.map(([, a]) => a.scope.key)}::text[], ${keyed.map(([, a]) => a.scope.requestHash)}::text[],
-          ${keyed.map(([i]) => JSON.stringify((results[i] as CommandResult).body))}::jsonb[]) AS x(id, k, h, r)`
+        SELECT ${kind}, id, k, h, 201, r FROM unnest(${textArray(keyed.map(([, a]) => a.entityId))},
+          ${textArray(keyed.map(([, a]) => a.scope.key))}, ${textArray(keyed.map(([, a]) => a.scope.requestHash))},
+          ${textArray(keyed.map(([i]) => JSON.stringify((results[i] as CommandResult).body)))}::jsonb[]) AS x(id, k, h, r)`
     }
     return results
   })

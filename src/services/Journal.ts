@@ -25,6 +25,7 @@ import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.t
 import { bodyEncoder, type EncodedBody, encodeUpdate } from "../domain/UpdateEncoding.ts"
 import { utf8ByteLength } from "../domain/Protocol.ts"
 import { coalescedReads } from "./CoalescedReads.ts"
+import { byteaArray, int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
 import { KhalaConfig } from "../layers/Config.ts"
 
 export const JOURNAL_CHANNEL = "khala_journal"
@@ -183,11 +184,11 @@ export class Journal extends Context.Service<Journal, {
         const topics = [...byTopic.keys()].sort()
         let epochSeen = ""
         const pending = options?.notify === false ? undefined : Option.getOrUndefined(yield* Effect.serviceOption(PendingDelivery))
-        const counts = topics.map((t) => byTopic.get(t)!.length)
+        const counts = topics.map((t) => BigInt(byTopic.get(t)!.length))
         const heads = new Map(
           (yield* sql<{ topic: string; head_seq: bigint; epoch: string }>`
             INSERT INTO runtime.sync_topic_sequences AS s (topic, head_seq, floor_seq)
-            SELECT t, n, 1 FROM unnest(${topics}::text[], ${counts}::bigint[]) WITH ORDINALITY AS x(t, n, ord)
+            SELECT t, n, 1 FROM unnest(${textArray(topics)}, ${int8Array(counts)}) WITH ORDINALITY AS x(t, n, ord)
             ORDER BY ord
             ON CONFLICT (topic) DO UPDATE SET head_seq = s.head_seq + EXCLUDED.head_seq
             RETURNING s.topic, s.head_seq, ${epochColumn}`).map((r) => {
@@ -204,11 +205,11 @@ export class Journal extends Context.Service<Journal, {
         const n = drafts.length
         const cols = {
           topic: new Array<string>(n),
-          seq: new Array<string>(n),
+          seq: new Array<bigint>(n),
           kind: new Array<string>(n),
           docKey: new Array<string>(n),
-          docVersion: new Array<string>(n),
-          occurredAt: new Array<Date>(n),
+          docVersion: new Array<bigint>(n),
+          occurredAtMs: new Array<number>(n),
           bodyMd5: new Array<Uint8Array>(n),
           pb: new Array<Uint8Array>(n),
           json: new Array<string>(n)
@@ -240,11 +241,11 @@ export class Journal extends Context.Service<Journal, {
               return yield* new JournalEntryTooLarge({ topic, draft: i, bytes, limit: maxEntryBytes })
             }
             cols.topic[row] = topic
-            cols.seq[row] = String(seq)
+            cols.seq[row] = BigInt(seq)
             cols.kind[row] = d.kind
             cols.docKey[row] = d.docKey
-            cols.docVersion[row] = String(d.docVersion)
-            cols.occurredAt[row] = new Date(d.occurredAtMs)
+            cols.docVersion[row] = BigInt(d.docVersion)
+            cols.occurredAtMs[row] = d.occurredAtMs
             let md5 = body === undefined ? EMPTY_BODY_MD5 : hashes.get(body)
             if (md5 === undefined) {
               md5 = bodyMd5(body!.pb)
@@ -267,9 +268,9 @@ export class Journal extends Context.Service<Journal, {
             (topic, seq, kind, doc_key, doc_version, schema_version, occurred_at, committed_at, body_md5, update_pb, update_json)
           SELECT topic, seq, kind, doc_key, doc_version, ${SCHEMA_VERSION}, occurred_at, ${new Date(committedAtMs)}, body_md5,
                  update_pb, update_json
-          FROM unnest(${cols.topic}::text[], ${cols.seq}::bigint[], ${cols.kind}::text[], ${cols.docKey}::text[],
-                      ${cols.docVersion}::bigint[], ${cols.occurredAt}::timestamptz[], ${cols.bodyMd5}::bytea[],
-                      ${cols.pb}::bytea[], ${cols.json}::text[])
+          FROM unnest(${textArray(cols.topic)}, ${int8Array(cols.seq)}, ${textArray(cols.kind)}, ${textArray(cols.docKey)},
+                      ${int8Array(cols.docVersion)}, ${timestamptzArray(cols.occurredAtMs)}, ${byteaArray(cols.bodyMd5)},
+                      ${byteaArray(cols.pb)}, ${textArray(cols.json)})
             AS x(topic, seq, kind, doc_key, doc_version, occurred_at, body_md5, update_pb, update_json)`
         // Announced after the commit by the command envelope (see JournalNotifier).
         if (options?.notify === false || pending) return { seqs, topicSeqs }

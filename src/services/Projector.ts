@@ -36,6 +36,7 @@ import {
   type WorkerEventRecord
 } from "../domain/WorkerProjection.ts"
 import { Journal, type JournalDraft, type JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
+import { byteaArray, int4Array, int8Array, textArray } from "./SqlArrays.ts"
 
 export interface Projected<Doc> {
   readonly doc: Doc
@@ -198,10 +199,10 @@ export type CheckpointRow = {
 export const upsertDocuments = (sql: SqlClient.SqlClient, rows: ReadonlyArray<DocumentRow>) =>
   rows.length === 0 ? Effect.void : sql`
     INSERT INTO runtime.read_models (doc_key, kind, entity_id, owner_user_id, doc_version, document, doc_hash)
-    SELECT * FROM unnest(${rows.map((r) => r.doc_key)}::text[], ${rows.map((r) => r.kind)}::text[],
-                         ${rows.map((r) => r.entity_id)}::text[], ${rows.map((r) => r.owner_user_id)}::text[],
-                         ${rows.map((r) => BigInt(r.doc_version))}::bigint[], ${rows.map((r) => r.document)}::bytea[],
-                         ${rows.map((r) => r.doc_hash)}::text[])
+    SELECT * FROM unnest(${textArray(rows.map((r) => r.doc_key))}, ${textArray(rows.map((r) => r.kind))},
+                         ${textArray(rows.map((r) => r.entity_id))}, ${textArray(rows.map((r) => r.owner_user_id))},
+                         ${int8Array(rows.map((r) => BigInt(r.doc_version)))}, ${byteaArray(rows.map((r) => r.document))},
+                         ${textArray(rows.map((r) => r.doc_hash))})
     ON CONFLICT (doc_key) DO UPDATE SET doc_version = EXCLUDED.doc_version, document = EXCLUDED.document,
       doc_hash = EXCLUDED.doc_hash, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
 
@@ -209,9 +210,9 @@ export const upsertDocuments = (sql: SqlClient.SqlClient, rows: ReadonlyArray<Do
 export const upsertCheckpoints = (sql: SqlClient.SqlClient, rows: ReadonlyArray<CheckpointRow>) =>
   rows.length === 0 ? Effect.void : sql`
     INSERT INTO runtime.projection_checkpoints (entity_kind, entity_id, last_seq, doc_hash, projection_version)
-    SELECT * FROM unnest(${rows.map((r) => r.entity_kind)}::text[], ${rows.map((r) => r.entity_id)}::text[],
-                         ${rows.map((r) => BigInt(r.last_seq))}::bigint[], ${rows.map((r) => r.doc_hash)}::text[],
-                         ${rows.map((r) => r.projection_version)}::integer[])
+    SELECT * FROM unnest(${textArray(rows.map((r) => r.entity_kind))}, ${textArray(rows.map((r) => r.entity_id))},
+                         ${int8Array(rows.map((r) => BigInt(r.last_seq)))}, ${textArray(rows.map((r) => r.doc_hash))},
+                         ${int4Array(rows.map((r) => r.projection_version))})
     ON CONFLICT (entity_kind, entity_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, doc_hash = EXCLUDED.doc_hash,
       projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`.pipe(Effect.asVoid)
 
@@ -238,7 +239,7 @@ export const projectSet = <Doc>(
     for (
       const r of yield* sql<{ doc_key: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
       SELECT doc_key, doc_version, document, doc_hash FROM runtime.read_models
-      WHERE doc_key = ANY(${[...new Set(specs.map((s) => s.docKey))]}::text[])`
+      WHERE doc_key = ANY(${textArray([...new Set(specs.map((s) => s.docKey))])})`
     ) docs.set(r.doc_key, { docVersion: Number(r.doc_version), hash: r.doc_hash, doc: decode(r.document) })
     // Per entity, in first-seen order: its last step, whether any step changed the document.
     const finals = new Map<string, { spec: ProjectionSpec<Doc>; step: ProjectionStep<Doc>; changed: boolean }>()

@@ -26,6 +26,7 @@ import { CommandRunner, type CommandResult, decodeBody } from "./CommandRunner.t
 import { toRunRecord } from "./EventStore.ts"
 import { Journal } from "./Journal.ts"
 import { runProjectionSpec } from "./Projector.ts"
+import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
 import { lifecycleRejection, validateRunEvent, type ValidRunEvent } from "./RunCommands.ts"
 
 /** Most events one batch may carry. */
@@ -101,10 +102,9 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
           const createdHere = new Set(
             createIds.length === 0 ? [] : (yield* sql<{ run_id: string }>`
               INSERT INTO runtime.runs (run_id, owner_user_id, status, last_seq, created_at)
-              SELECT id, owner, 'created', 0, at::timestamptz
-              FROM unnest(${createIds}::text[], ${createIds.map((id) => creators.get(id)!.body.owner_user_id!)}::text[],
-                          ${createIds.map((id) => new Date(creators.get(id)!.occurredAtMs).toISOString())}::text[])
-                AS x(id, owner, at)
+              SELECT id, owner, 'created', 0, at
+              FROM unnest(${textArray(createIds)}, ${textArray(createIds.map((id) => creators.get(id)!.body.owner_user_id!))},
+                          ${timestamptzArray(createIds.map((id) => creators.get(id)!.occurredAtMs))}) AS x(id, owner, at)
               ORDER BY id
               ON CONFLICT (run_id) DO NOTHING
               RETURNING run_id`).map((r) => r.run_id)
@@ -116,7 +116,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
           if (runIds.length > 0) {
             const rows = yield* sql<{ run_id: string; owner_user_id: string; status: string; last_seq: bigint }>`
               SELECT run_id, owner_user_id, status, last_seq FROM runtime.runs
-              WHERE run_id = ANY(${runIds}::text[]) ORDER BY run_id FOR UPDATE`
+              WHERE run_id = ANY(${textArray(runIds)}) ORDER BY run_id FOR UPDATE`
             for (const r of rows) {
               state.set(r.run_id, {
                 ownerUserId: r.owner_user_id,
@@ -175,8 +175,8 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
           if (ids.length > 0) {
             yield* sql`
               UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq
-              FROM unnest(${ids}::text[], ${ids.map((id) => state.get(id)!.status)}::text[],
-                          ${ids.map((id) => state.get(id)!.lastSeq)}::bigint[]) AS x(run_id, status, last_seq)
+              FROM unnest(${textArray(ids)}, ${textArray(ids.map((id) => state.get(id)!.status))},
+                          ${int8Array(ids.map((id) => BigInt(state.get(id)!.lastSeq)))}) AS x(run_id, status, last_seq)
               WHERE r.run_id = x.run_id`
           }
 

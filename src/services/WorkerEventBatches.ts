@@ -31,6 +31,7 @@ import { toWorkerRecord } from "./EventStore.ts"
 import type { IdempotencyScope } from "./Idempotency.ts"
 import { Journal } from "./Journal.ts"
 import { workerProjectionSpec } from "./Projector.ts"
+import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
 
 /** A validated worker event or heartbeat command. */
 export interface WorkerGroupItem {
@@ -92,7 +93,7 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
           if (ids.length > 0) {
             const rows = yield* sql<{ worker_id: string; owner_user_id: string; status: string; last_seq: bigint }>`
               SELECT worker_id, owner_user_id, status, last_seq FROM runtime.codex_workers
-              WHERE worker_id = ANY(${ids}::text[]) ORDER BY worker_id FOR UPDATE`
+              WHERE worker_id = ANY(${textArray(ids)}) ORDER BY worker_id FOR UPDATE`
             for (const r of rows) {
               state.set(r.worker_id, {
                 ownerUserId: r.owner_user_id,
@@ -143,15 +144,12 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
           // 5. The worker rows: status, seq, and the latest heartbeat (never moved back).
           const changed = [...new Set(outcomes.flatMap((o) => o._tag === "append" ? [o.entityId] : []))]
           if (changed.length > 0) {
-            const heartbeats = changed.map((id) => {
-              const at = state.get(id)!.heartbeatAtMs
-              return at === undefined ? "" : new Date(at).toISOString()
-            })
             yield* sql`
               UPDATE runtime.codex_workers w SET status = x.status, last_seq = x.last_seq,
-                last_heartbeat_at = GREATEST(w.last_heartbeat_at, NULLIF(x.heartbeat_at, '')::timestamptz)
-              FROM unnest(${changed}::text[], ${changed.map((id) => state.get(id)!.status)}::text[],
-                          ${changed.map((id) => BigInt(state.get(id)!.lastSeq))}::bigint[], ${heartbeats}::text[])
+                last_heartbeat_at = GREATEST(w.last_heartbeat_at, x.heartbeat_at)
+              FROM unnest(${textArray(changed)}, ${textArray(changed.map((id) => state.get(id)!.status))},
+                          ${int8Array(changed.map((id) => BigInt(state.get(id)!.lastSeq)))},
+                          ${timestamptzArray(changed.map((id) => state.get(id)!.heartbeatAtMs ?? null))})
                 AS x(worker_id, status, last_seq, heartbeat_at)
               WHERE w.worker_id = x.worker_id`
           }
