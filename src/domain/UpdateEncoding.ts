@@ -61,22 +61,25 @@ const bodyBinary = (body: Update["body"]): Uint8Array => {
   }
 }
 
-/** Encodes a body once; `undefined` for an Update without one. */
-export const encodeBody = (body: Update["body"]): EncodedBody | undefined =>
+/**
+ * Encodes a body once; `undefined` for an Update without one. `pb`: its binary encoding if the
+ * caller has it already (it must be `toBinary` of the same message).
+ */
+export const encodeBody = (body: Update["body"], pb?: Uint8Array): EncodedBody | undefined =>
   body.case === undefined ? undefined : {
     ...BODY_FIELDS[body.case],
-    pb: bodyBinary(body),
+    pb: pb ?? bodyBinary(body),
     json: JSON.stringify(documentJson(body))
   }
 
 /** A per-append memo: the same document object is encoded once. */
 export const bodyEncoder = () => {
   const memo = new Map<object, EncodedBody | undefined>()
-  return (body: Update["body"]): EncodedBody | undefined => {
+  return (body: Update["body"], pb?: Uint8Array): EncodedBody | undefined => {
     if (body.case === undefined) return undefined
     let encoded = memo.get(body.value)
     if (encoded === undefined) {
-      encoded = encodeBody(body)
+      encoded = encodeBody(body, pb)
       memo.set(body.value, encoded)
     }
     return encoded

@@ -58,6 +58,8 @@ export interface JournalDraft {
   readonly docVersion: number
   readonly occurredAtMs: number
   readonly body: Update["body"]
+  /** `toBinary` of the body's message, when the caller has it already (a projected document). */
+  readonly bodyPb?: Uint8Array
 }
 
 /** A stored entry as delivery reads it: the seq plus the pre-encoded Update. */
@@ -226,7 +228,7 @@ export class Journal extends Context.Service<Journal, {
             const d = drafts[i]!
             const seq = first + k
             seqs[i] = seq
-            const body = encodeBodyOnce(d.body)
+            const body = encodeBodyOnce(d.body, d.bodyPb)
             const encoded = encodeUpdate({
               seq,
               kind: d.kind,

@@ -99,7 +99,8 @@ export const projectStep = <Doc>(spec: ProjectionSpec<Doc>, prev: StoredDoc<Doc>
         docKey: spec.docKey,
         docVersion,
         occurredAtMs: spec.occurredAtMs,
-        body: spec.summaryBody(doc)
+        body: spec.summaryBody(doc),
+        bodyPb: bytes // the stored document's bytes are the body's encoding: not encoded again
       })
     }
   }
