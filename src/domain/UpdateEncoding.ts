@@ -17,7 +17,10 @@ import {
   WorkerEventSchema
 } from "../gen/openagents/sync/v1/documents_pb.ts"
 import type { Update } from "../gen/openagents/sync/v1/frames_pb.ts"
+import type { Timestamp } from "@bufbuild/protobuf/wkt"
 import { documentJson } from "./DocumentJson.ts"
+import { encodeEventBody, type EventIdField } from "./EventBodyEncoding.ts"
+import type { JsonObject } from "./Json.ts"
 import type { EncodedUpdate } from "./Protocol.ts"
 
 /** The scalar fields of an `Update` (numbers: all well inside 2^53). */
@@ -65,12 +68,29 @@ const bodyBinary = (body: Update["body"]): Uint8Array => {
  * Encodes a body once; `undefined` for an Update without one. `pb`: its binary encoding if the
  * caller has it already (it must be `toBinary` of the same message).
  */
-export const encodeBody = (body: Update["body"], pb?: Uint8Array): EncodedBody | undefined =>
-  body.case === undefined ? undefined : {
-    ...BODY_FIELDS[body.case],
-    pb: pb ?? bodyBinary(body),
-    json: JSON.stringify(documentJson(body))
-  }
+export const encodeBody = (body: Update["body"], pb?: Uint8Array): EncodedBody | undefined => {
+  if (body.case === undefined) return undefined
+  const fast = body.case === "runEvent"
+    ? eventBodyOf("run_id", body.value.runId, body.value)
+    : body.case === "workerEvent"
+    ? eventBodyOf("worker_id", body.value.workerId, body.value)
+    : undefined
+  return fast === undefined
+    ? { ...BODY_FIELDS[body.case], pb: pb ?? bodyBinary(body), json: JSON.stringify(documentJson(body)) }
+    : { ...BODY_FIELDS[body.case], ...fast }
+}
+
+/** An event message through EventBodyEncoding's direct path, when its values fit it. */
+const eventBodyOf = (
+  idField: EventIdField,
+  id: string,
+  e: { readonly seq: bigint; readonly type: string; readonly payload?: JsonObject | undefined; readonly occurredAt?: Timestamp | undefined }
+) => {
+  if (e.payload === undefined || e.occurredAt === undefined || e.occurredAt.nanos % 1_000_000 !== 0) return undefined
+  if (e.seq > BigInt(Number.MAX_SAFE_INTEGER)) return undefined
+  const occurredAtMs = Number(e.occurredAt.seconds) * 1000 + e.occurredAt.nanos / 1_000_000
+  return encodeEventBody(idField, { id, seq: Number(e.seq), type: e.type, payload: e.payload, occurredAtMs })
+}
 
 /** A per-append memo: the same document object is encoded once. */
 export const bodyEncoder = () => {
