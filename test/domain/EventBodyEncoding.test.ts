@@ -4,7 +4,7 @@
  * clients decode them with the generated code. Checked over random payloads built to hit every
  * branch — nesting, arrays, every JSON scalar, -0 and non-integer numbers, non-ASCII and astral
  * strings, strings and structs long enough for multi-byte length prefixes, integer-like keys —
- * and seqs and times from zero to their limits.
+ * scalars left at their defaults, and seqs and times from zero to their limits.
  */
 import { create, toBinary, toJson } from "@bufbuild/protobuf"
 import { timestampFromMs } from "@bufbuild/protobuf/wkt"
@@ -44,10 +44,10 @@ describe("EventBodyEncoding", () => {
     const rand = seeded(42)
     for (let i = 0; i < 3000; i++) {
       const payload = i % 50 === 0 ? { big: "x".repeat(70_000), nested: randomObject(rand, 3) } : randomObject(rand, 3)
-      const seq = [1, 127, 128, 16_383, 16_384, 2 ** 31, Number.MAX_SAFE_INTEGER, Math.floor(rand() * 1e6) + 1][i % 8]!
+      const seq = [0, 1, 127, 128, 16_383, 16_384, 2 ** 31, Number.MAX_SAFE_INTEGER, Math.floor(rand() * 1e6) + 1][i % 9]!
       const occurredAtMs = [0, 999, 1000, 1_733_456_789_012, 1_733_456_789_000, LIMIT_MS, Math.floor(rand() * LIMIT_MS)][i % 7]!
-      const id = ["r1", "worker-ü", "x".repeat(140)][i % 3]!
-      const type = ["run.step", "worker.heartbeat", "t"][i % 3]!
+      const id = ["r1", "worker-ü", "x".repeat(140), ""][i % 4]!
+      const type = ["run.step", "worker.heartbeat", "t", "", "run.step"][i % 5]!
       const values = { id, seq, type, payload, occurredAtMs }
       for (const [idField, schema] of [["run_id", RunEventSchema], ["worker_id", WorkerEventSchema]] as const) {
         const message = create(schema, {
