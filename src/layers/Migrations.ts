@@ -6,10 +6,12 @@ import { Effect, Layer } from "effect"
 import { Migrator, SqlClient } from "effect/sql"
 import migration0001 from "./migrations/0001_runtime_schema.ts"
 import migration0002 from "./migrations/0002_journal_body_hash.ts"
+import migration0003 from "./migrations/0003_update_heavy_fillfactor.ts"
 
 export const migrations = Migrator.fromRecord({
   "1_runtime_schema": migration0001,
-  "2_journal_body_hash": migration0002
+  "2_journal_body_hash": migration0002,
+  "3_update_heavy_fillfactor": migration0003
 })
 
 const migrator = Migrator.make({})

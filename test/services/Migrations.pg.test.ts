@@ -2,7 +2,7 @@
  * Schema migrations over existing data: a journal written under migration 1 (with its jsonb `body`
  * column) is carried to the current schema with each entry's body hash computed from its stored
  * `update_pb`, equal to what an append writes today — so a rebuild after upgrading still sees an
- * unchanged journal and keeps the epoch.
+ * unchanged journal and keeps the epoch; the update-heavy tables get their fillfactor.
  */
 import { PgClient } from "@effect/sql-pg"
 import { assert, describe, it } from "@effect/vitest"
@@ -13,6 +13,7 @@ import { encodeBody, encodeUpdate } from "../../src/domain/UpdateEncoding.ts"
 import { RunEventSchema } from "../../src/gen/openagents/sync/v1/documents_pb.ts"
 import { runMigrations } from "../../src/layers/Migrations.ts"
 import migration0001 from "../../src/layers/migrations/0001_runtime_schema.ts"
+import { UPDATE_HEAVY_TABLES } from "../../src/layers/migrations/0003_update_heavy_fillfactor.ts"
 import { bodyMd5 } from "../../src/services/Journal.ts"
 import { acquireDatabaseUrl } from "../support/TestDatabase.ts"
 
@@ -44,7 +45,7 @@ describe("migrations", () => {
                       ${entries.map((e) => e.update.pb)}::bytea[]) AS x(topic, seq, pb)`
 
         const ran = yield* runMigrations
-        assert.deepStrictEqual(ran.map(([id, name]) => `${id}_${name}`), ["2_journal_body_hash"])
+        assert.deepStrictEqual(ran.map(([id, name]) => `${id}_${name}`), ["2_journal_body_hash", "3_update_heavy_fillfactor"])
         const rows = yield* sql<{ topic: string; seq: string; body_md5: string }>`
           SELECT topic, seq::text AS seq, encode(body_md5, 'hex') AS body_md5 FROM runtime.sync_stream_events`
         assert.strictEqual(rows.length, entries.length)
@@ -57,6 +58,14 @@ describe("migrations", () => {
           SELECT column_name FROM information_schema.columns
           WHERE table_schema = 'runtime' AND table_name = 'sync_stream_events' AND column_name IN ('body', 'body_md5')`
         assert.deepStrictEqual(columns.map((c) => c.column_name), ["body_md5"])
+        // 3_update_heavy_fillfactor: the tables updated by every command leave room for HOT updates
+        const options = yield* sql<{ relname: string; reloptions: ReadonlyArray<string> | null }>`
+          SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = 'runtime' AND c.relkind = 'r' ORDER BY c.relname`
+        for (const o of options) {
+          const expected = (UPDATE_HEAVY_TABLES as ReadonlyArray<string>).includes(o.relname) ? ["fillfactor=70"] : null
+          assert.deepStrictEqual(o.reloptions, expected, o.relname)
+        }
       }).pipe(Effect.provide(PgClient.layer({ url: Redacted.make(url), maxConnections: 2 })))
     }).pipe(Effect.scoped), { timeout: 120_000 })
 })
