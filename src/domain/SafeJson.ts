@@ -129,6 +129,17 @@ const parseSlow = (text: string): JsonValue => {
 export const parseJson = (text: string): JsonValue =>
   text.includes("\\") ? parseSlow(text) : (JSON.parse(text) as JsonValue)
 
+/**
+ * True if `value` nests at most `max` levels of objects and arrays (a scalar is depth 0, `{}` 1).
+ * Stops descending past `max`, so its own recursion is bounded whatever it is given.
+ */
+export const nestsWithin = (value: unknown, max: number): boolean => {
+  if (typeof value !== "object" || value === null) return true
+  if (max <= 0) return false
+  for (const v of Array.isArray(value) ? value : Object.values(value)) if (!nestsWithin(v, max - 1)) return false
+  return true
+}
+
 /** True if every string and key can be stored by Postgres (`jsonb`/`text`): no NUL, no lone surrogate. */
 export const isStorableJson = (value: unknown): boolean => {
   if (typeof value === "string") return isStorableString(value)

@@ -13,6 +13,8 @@ export const WIRE_I64 = 1
 export const WIRE_LEN = 2
 
 const utf8 = new TextEncoder()
+/** Past this, a writer drops its buffer after the encoding instead of keeping it for the next. */
+const MAX_KEPT_BYTES = 1 << 20
 
 export class ScratchWriter {
   private buf = new Uint8Array(4096)
@@ -21,12 +23,17 @@ export class ScratchWriter {
 
   reset(): void {
     this.pos = 0
+    // One huge payload must not pin megabytes for the life of the process.
+    if (this.buf.length > MAX_KEPT_BYTES) {
+      this.buf = new Uint8Array(4096)
+      this.view = new DataView(this.buf.buffer)
+    }
   }
 
   /** The bytes written since `reset`, copied out; the writer is reset. */
   finish(): Uint8Array {
     const out = this.buf.slice(0, this.pos)
-    this.pos = 0
+    this.reset()
     return out
   }
 

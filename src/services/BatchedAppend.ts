@@ -18,20 +18,28 @@ import type { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
 import type { ItemAnswer } from "./CommandGroups.ts"
-import type { CommandResult, CommandRunner } from "./CommandRunner.ts"
+import { type CommandResult, type CommandRunner, entryTooLarge } from "./CommandRunner.ts"
 import type { EventRow } from "./EventStore.ts"
 import type { EntityKind, IdempotencyScope } from "./Idempotency.ts"
 import { type Journal, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 import { commandsTotal } from "./Metrics.ts"
 import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
-import { projectSet, type ProjectionSpec, upsertCheckpoints, upsertDocuments } from "./Projector.ts"
+import { projectSet, type ProjectionSpec, SUMMARY_KIND, upsertCheckpoints, upsertDocuments } from "./Projector.ts"
 
-/** Item `index` would not fit one sync frame: the batch is judged again without it (413). */
+const SUMMARY_KINDS: ReadonlySet<string> = new Set(Object.values(SUMMARY_KIND))
+
+/** These items would not fit one sync frame: the batch is judged again without them (413). */
 export class ItemTooLarge extends Schema.TaggedError<ItemTooLarge>()("ItemTooLarge", {
-  index: Schema.Number,
-  bytes: Schema.Number,
+  indexes: Schema.Array(Schema.Number),
   limit: Schema.Number
 }) {}
+
+/**
+ * How much an event's own entry can shrink when earlier items are refused: only its seqs change
+ * (the topic seq in the header, the entity seq in the doc key and the body), by at most a few
+ * varint bytes or decimal digits each — under 48 bytes in all.
+ */
+const SEQ_WIDTH_MARGIN = 64
 
 /** An accepted event: the seq it takes and what it appends. */
 export interface Append {
@@ -196,11 +204,23 @@ export const appendEvents = <Doc>(
     )
     const draftItem = set.draftEvent.map((k) => appends[k]![0])
 
-    // The journal: every entry of the batch, seqs allocated in topic order.
+    // The journal: every entry of the batch, seqs allocated in topic order. Refused when entries
+    // are too large: the earliest such item (its entries are what they would be alone), and every
+    // item whose own event entry is too large by more than its seqs could account for (too large
+    // whatever is refused before it) — not a later item whose entry may be too large only because
+    // of an earlier one (a summary).
     const appended = yield* journal.appendAll(set.drafts, now).pipe(
       Effect.catchIf(
         (e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge,
-        (e) => Effect.fail(new ItemTooLarge({ index: draftItem[e.draft]!, bytes: e.bytes, limit: e.limit }))
+        (e) => {
+          const indexes = new Set([draftItem[e.draft]!])
+          for (const o of e.others) {
+            if (o.bytes > e.limit + SEQ_WIDTH_MARGIN && !SUMMARY_KINDS.has(set.drafts[o.draft]!.kind)) {
+              indexes.add(draftItem[o.draft]!)
+            }
+          }
+          return Effect.fail(new ItemTooLarge({ indexes: [...indexes], limit: e.limit }))
+        }
       )
     )
     set.drafts.forEach((d, k) => {
@@ -267,30 +287,38 @@ export interface BatchResult {
  * Runs a batch transaction (`body`, given the items already refused) under `command`: an item
  * whose journal entry would not fit one frame is 413 and the batch is committed again without it.
  * Counts every item's outcome under its label. A failing statement is a 500 for every item, or
- * `rolledBack`'s error when given (rolled back: nothing committed).
+ * `rolledBack`'s error when given (rolled back: nothing committed) — which a defect inside the
+ * transaction then becomes too (logged), so a group can be retried one command at a time.
  */
 export const commitBatch = <R, E = never>(
   runner: CommandRunner["Service"],
   command: string,
   labels: ReadonlyArray<string>,
   body: (rejected: ReadonlyMap<number, ApiError>) => Effect.Effect<BatchResult, SqlError | ItemTooLarge, R>,
-  rolledBack?: (cause: SqlError) => E
+  rolledBack?: (cause: unknown) => E
 ) =>
   Effect.gen(function*() {
     const rejected = new Map<number, ApiError>()
+    const attempt = (): Effect.Effect<BatchResult, SqlError | ItemTooLarge | E, R> =>
+      rolledBack === undefined ? body(rejected) : body(rejected).pipe(
+        Effect.catchDefect((defect) =>
+          Effect.logError(`${command}: a defect inside the transaction; rolled back`, defect).pipe(
+            Effect.andThen(Effect.fail(rolledBack(defect)))
+          )
+        )
+      )
     let done: BatchResult | undefined
     while (done === undefined) {
-      done = yield* runner.transact(command, Effect.map(body(rejected), (r) => ({ status: 201, body: {}, ...r })), rolledBack).pipe(
-        Effect.catchIf((e): e is ItemTooLarge => e instanceof ItemTooLarge, (e) =>
-          Effect.sync(() => {
-            rejected.set(
-              e.index,
-              apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
-                limit_bytes: e.limit
-              })
-            )
+      done = yield* runner.transact(command, Effect.map(attempt(), (r) => ({ status: 201, body: {}, ...r })), rolledBack).pipe(
+        Effect.catchIf((e): e is ItemTooLarge => e instanceof ItemTooLarge, (e) => {
+          // Only numbers cross into the answers: an error keeps the closures of the frames it was
+          // created under (the attempt's rows and encodings) alive through its captured stack.
+          const { indexes, limit } = e
+          return Effect.sync(() => {
+            for (const i of indexes) rejected.set(i, entryTooLarge(limit))
             return undefined
-          }))
+          })
+        })
       )
     }
     // One counter update per (label, outcome), not per item.

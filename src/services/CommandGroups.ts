@@ -23,7 +23,10 @@ import { commandGroupEvents } from "./Metrics.ts"
 /** One command's answer inside a group: what it would answer alone, or its typed error. */
 export type ItemAnswer = CommandResult | ApiError
 
-/** A statement of a group's transaction failed: the transaction rolled back, nothing committed. */
+/**
+ * A statement of a group's transaction failed, or the code running inside it died (a defect): the
+ * transaction rolled back, nothing committed.
+ */
 export class StatementFailed extends Schema.TaggedError<StatementFailed>()("StatementFailed", {
   cause: Schema.Unknown
 }) {}
@@ -45,12 +48,21 @@ export const makeCommandGroups = <P extends { readonly now: number }>(options: {
   readonly alone: (item: P) => Effect.Effect<ItemAnswer>
   /**
    * Many commands in one set-based transaction, committed at `now`: answers in input order.
-   * `StatementFailed` when a statement failed (rolled back); an `ApiError` when BEGIN or COMMIT
-   * failed (the outcome is unknown).
+   * `StatementFailed` when a statement failed or the transaction's code died (rolled back either
+   * way); an `ApiError` when BEGIN or COMMIT failed (the outcome is unknown).
    */
   readonly together: (items: ReadonlyArray<P>, now: number) => Effect.Effect<ReadonlyArray<ItemAnswer>, ApiError | StatementFailed>
 }): Effect.Effect<CommandGroups<P>, never, Scope.Scope> =>
   Effect.gen(function*() {
+    // A command that dies (a bug: a defect, not a typed error) is answered a retryable 500 and
+    // logged; it must not take the rest of its group with it.
+    const alone = (item: P): Effect.Effect<ItemAnswer> =>
+      options.alone(item).pipe(
+        Effect.catchDefect((defect) =>
+          Effect.logError("a command failed with a defect; answered 500", defect).pipe(Effect.as(commitFailed()))
+        )
+      )
+
     const oneByOne = (items: ReadonlyArray<P>, groupError: ApiError) =>
       Effect.gen(function*() {
         const answers: Array<ItemAnswer> = []
@@ -60,7 +72,7 @@ export const makeCommandGroups = <P extends { readonly now: number }>(options: {
             answers.push(groupError)
             continue
           }
-          const answer = yield* options.alone(item)
+          const answer = yield* alone(item)
           failuresInARow = answer instanceof ApiError && answer.code === "internal" ? failuresInARow + 1 : 0
           answers.push(answer)
         }
@@ -75,12 +87,12 @@ export const makeCommandGroups = <P extends { readonly now: number }>(options: {
       commit: (items) =>
         Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
           items.length === 1
-            ? Effect.map(options.alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
+            ? Effect.map(alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
             // Committed at the latest of its commands' request times (the injected clock's).
             : options.together(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
               Effect.catchTag("StatementFailed", (e) =>
                 Effect.logWarning(
-                  `a group of ${items.length} commands failed in the database; committing them one at a time`,
+                  `a group of ${items.length} commands was rolled back (a statement or one command's processing failed); committing them one at a time`,
                   e.cause
                 ).pipe(Effect.andThen(oneByOne(items, commitFailed())))),
               Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))

@@ -15,6 +15,14 @@ import { JournalNotifier } from "./JournalNotifier.ts"
 import { commandCommitDurationMs, commandsTotal, projectionWriteFailures } from "./Metrics.ts"
 import { TopicHub } from "./TopicHub.ts"
 
+/**
+ * The 413 of an event whose journal entry would not fit one frame. It names the limit, not the
+ * entry's size: that depends by a few bytes on the seqs the entry would take, and a grouped
+ * command must answer exactly what it would alone.
+ */
+export const entryTooLarge = (limit: number) =>
+  apiError("payload_too_large", `the event would not fit in one sync frame of ${limit} bytes`, { limit_bytes: limit })
+
 /** The answer to a command the database could not commit: a retryable 500. */
 export const commitFailed = () => apiError("internal", "the command could not be committed; retry it")
 
@@ -78,11 +86,7 @@ export class CommandRunner extends Context.Service<CommandRunner, {
                 Effect.andThen(Effect.fail(rolledBack === undefined ? commitFailed() : rolledBack(e.cause)))
               )),
             Effect.catchIf((e): e is JournalEntryTooLarge => e instanceof JournalEntryTooLarge, (e) =>
-              Effect.fail(
-                apiError("payload_too_large", `the event would not fit in one sync frame (${e.bytes} > ${e.limit} bytes)`, {
-                  limit_bytes: e.limit
-                })
-              )),
+              Effect.fail(entryTooLarge(e.limit))),
             // BEGIN or COMMIT failed: whether it committed is unknown; a retry with its
             // idempotency key is safe.
             Effect.catchIf(

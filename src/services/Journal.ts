@@ -36,10 +36,12 @@ export const FRAME_OVERHEAD_BYTES = 1024
 /** An entry whose encoding would not fit in one frame of `max_frame_bytes` (→ HTTP 413). */
 export class JournalEntryTooLarge extends Schema.TaggedError<JournalEntryTooLarge>()("JournalEntryTooLarge", {
   topic: Schema.String,
-  /** Index of the offending draft in the appended list. */
+  /** Index of the first (in input order) oversized draft in the appended list. */
   draft: Schema.Number,
   bytes: Schema.Number,
-  limit: Schema.Number
+  limit: Schema.Number,
+  /** The other oversized drafts, in input order. */
+  others: Schema.Array(Schema.Struct({ draft: Schema.Number, bytes: Schema.Number }))
 }) {}
 export const SCHEMA_VERSION = 1
 
@@ -218,48 +220,75 @@ export class Journal extends Context.Service<Journal, {
         }
         const encodeBodyOnce = bodyEncoder()
         const hashes = new Map<EncodedBody, Uint8Array>()
-        let row = 0
+        // Encoded in input order, so the first oversized draft found is the earliest (a batch
+        // refuses that item and is judged again without it; a later item's entry may be oversized
+        // only because of an earlier one's, e.g. a worker summary carrying an error message).
+        const nextSeq = new Map<string, number>()
         for (const [topic, indexes] of byTopic) {
           const head = heads.get(topic)!
           topicSeqs[topic] = head
-          const first = head - indexes.length + 1
-          for (let k = 0; k < indexes.length; k++) {
-            const i = indexes[k]!
+          nextSeq.set(topic, head - indexes.length + 1)
+        }
+        const encodedOf = new Array<{ readonly pb: Uint8Array; readonly json: string; readonly md5: Uint8Array }>(n)
+        const tooLarge: Array<{ readonly draft: number; readonly bytes: number }> = []
+        for (let i = 0; i < n; i++) {
+          const d = drafts[i]!
+          const seq = nextSeq.get(d.topic)!
+          nextSeq.set(d.topic, seq + 1)
+          seqs[i] = seq
+          const body = encodeBodyOnce(d.body, d.bodyPb)
+          const encoded = encodeUpdate({
+            seq,
+            kind: d.kind,
+            docKey: d.docKey,
+            docVersion: d.docVersion,
+            schemaVersion: SCHEMA_VERSION,
+            occurredAtMs: d.occurredAtMs,
+            committedAtMs
+          }, body)
+          const bytes = Math.max(encoded.pb.byteLength, utf8ByteLength(encoded.json))
+          if (bytes > maxEntryBytes) {
+            tooLarge.push({ draft: i, bytes })
+            continue
+          }
+          let md5 = body === undefined ? EMPTY_BODY_MD5 : hashes.get(body)
+          if (md5 === undefined) {
+            md5 = bodyMd5(body!.pb)
+            hashes.set(body!, md5)
+          }
+          encodedOf[i] = { pb: encoded.pb, json: encoded.json, md5 }
+        }
+        // Every oversized draft is reported (the first one is the error's `draft`), so a batch can
+        // refuse all the items that are oversized whatever comes before them in one retry.
+        if (tooLarge.length > 0) {
+          const [first, ...others] = tooLarge
+          return yield* new JournalEntryTooLarge({
+            topic: drafts[first!.draft]!.topic,
+            draft: first!.draft,
+            bytes: first!.bytes,
+            limit: maxEntryBytes,
+            others
+          })
+        }
+        // Rows in topic order: a topic's entries of one append sit together in the table's pages.
+        let row = 0
+        for (const [topic, indexes] of byTopic) {
+          for (const i of indexes) {
             const d = drafts[i]!
-            const seq = first + k
-            seqs[i] = seq
-            const body = encodeBodyOnce(d.body, d.bodyPb)
-            const encoded = encodeUpdate({
-              seq,
-              kind: d.kind,
-              docKey: d.docKey,
-              docVersion: d.docVersion,
-              schemaVersion: SCHEMA_VERSION,
-              occurredAtMs: d.occurredAtMs,
-              committedAtMs
-            }, body)
-            const bytes = Math.max(encoded.pb.byteLength, utf8ByteLength(encoded.json))
-            if (bytes > maxEntryBytes) {
-              return yield* new JournalEntryTooLarge({ topic, draft: i, bytes, limit: maxEntryBytes })
-            }
+            const e = encodedOf[i]!
             cols.topic[row] = topic
-            cols.seq[row] = BigInt(seq)
+            cols.seq[row] = BigInt(seqs[i]!)
             cols.kind[row] = d.kind
             cols.docKey[row] = d.docKey
             cols.docVersion[row] = BigInt(d.docVersion)
             cols.occurredAtMs[row] = d.occurredAtMs
-            let md5 = body === undefined ? EMPTY_BODY_MD5 : hashes.get(body)
-            if (md5 === undefined) {
-              md5 = bodyMd5(body!.pb)
-              hashes.set(body!, md5)
-            }
-            cols.bodyMd5[row] = md5
-            cols.pb[row] = encoded.pb
-            cols.json[row] = encoded.json
+            cols.bodyMd5[row] = e.md5
+            cols.pb[row] = e.pb
+            cols.json[row] = e.json
             row++
             if (pending) {
               const list = pending.topics.get(topic)
-              const entry = { seq, pb: encoded.pb, json: encoded.json }
+              const entry = { seq: seqs[i]!, pb: e.pb, json: e.json }
               if (list) list.push(entry)
               else pending.topics.set(topic, [entry])
             }

@@ -17,7 +17,7 @@ import { ApiError, apiError } from "../domain/ApiError.ts"
 import { runSummaryJson } from "../domain/Documents.ts"
 import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
-import { isStorableJson, isStorableString } from "../domain/SafeJson.ts"
+import { isStorableJson, isStorableString, nestsWithin } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
 import { type ItemAnswer, makeCommandGroups } from "./CommandGroups.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
@@ -47,11 +47,20 @@ export const checkId = (what: string, id: string) =>
     ? Effect.void
     : Effect.fail(apiError("invalid_request", `${what} must match [A-Za-z0-9._:-]{1,128}`, { [what]: id }))
 
+/**
+ * Deepest nesting of objects and arrays a payload may have (the payload object is level 1). Every
+ * level is two nested messages in the `Struct` encoding, and protobuf decoders commonly stop at 100
+ * (C++, Java, Go); it also keeps each encoder's recursion short.
+ */
+export const MAX_PAYLOAD_DEPTH = 32
+
 export const checkPayload = (payload: unknown): Effect.Effect<JsonObject, ApiError> =>
   payload === undefined
     ? Effect.succeed({})
     : !isJsonObject(payload)
     ? Effect.fail(apiError("invalid_request", "payload must be a JSON object"))
+    : !nestsWithin(payload, MAX_PAYLOAD_DEPTH)
+    ? Effect.fail(apiError("invalid_request", `payload must not nest deeper than ${MAX_PAYLOAD_DEPTH} levels`))
     : !isStorableJson(payload)
     ? Effect.fail(apiError("invalid_request", "payload strings and keys must not contain NUL characters or lone surrogates"))
     : Effect.succeed(payload)

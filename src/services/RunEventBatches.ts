@@ -14,7 +14,6 @@
  */
 import { Clock, Context, Effect, Layer, Schema } from "effect"
 import { SqlClient } from "effect/sql"
-import type { SqlError } from "effect/sql/SqlError"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { decodeRunSummary } from "../domain/Documents.ts"
 import type { JsonObject } from "../domain/Json.ts"
@@ -196,7 +195,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
         now: number,
         requestIds: (i: number) => string | undefined,
         /** A failing statement becomes this error (rolled back: nothing committed) instead of a 500. */
-        rolledBack?: (cause: SqlError) => E
+        rolledBack?: (cause: unknown) => E
       ) =>
         commitBatch(
           runner,

@@ -18,7 +18,6 @@
  */
 import { Context, Effect, Layer } from "effect"
 import { SqlClient } from "effect/sql"
-import type { SqlError } from "effect/sql/SqlError"
 import { type ApiError, apiError } from "../domain/ApiError.ts"
 import { decodeWorkerSummary } from "../domain/Documents.ts"
 import type { JsonObject } from "../domain/Json.ts"
@@ -171,7 +170,7 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
             "worker.group",
             group.map((g) => g.type),
             (rejected) => commit(group, rejected, now),
-            (cause: SqlError) => new StatementFailed({ cause })
+            (cause: unknown) => new StatementFailed({ cause })
           )
           return result.results
         }).pipe(Effect.withSpan("WorkerEventBatches.commitGroup"))

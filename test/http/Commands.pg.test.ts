@@ -21,6 +21,13 @@ const errorCode = (r: { body: unknown }) => (r.body as { error?: { code?: string
 const runEvent = (runId: string, body: unknown, token?: string) =>
   call(post(`/internal/v1/runs/${runId}/events`, body, token ?? "test-service-token"))
 
+/** A payload object with `levels` objects nested inside it (`levels + 1` levels in all). */
+const nested = (levels: number): Record<string, unknown> => {
+  let v: Record<string, unknown> = { leaf: true }
+  for (let i = 0; i < levels; i++) v = { a: v }
+  return v
+}
+
 layer(testApp({ maxBodyBytes: 4096 }), { timeout: "120 seconds" })("HTTP commands", (it) => {
   describe("runs", () => {
     it.effect("lifecycle: created → running → completed, then 409", () =>
@@ -79,6 +86,8 @@ layer(testApp({ maxBodyBytes: 4096 }), { timeout: "120 seconds" })("HTTP command
           [runEvent("run-x", { type: "run.started" }), 404, "run_not_found"],
           [call(get("/internal/v1/runs/nope")), 404, "run_not_found"],
           [runEvent("run-x", { type: "run.created", owner_user_id: "u1", payload: { big: "x".repeat(5000) } }), 413, "payload_too_large"],
+          // payloads nest at most 32 levels (the payload object is the first)
+          [runEvent("run-x", { type: "run.created", owner_user_id: "u1", payload: nested(32) }), 400, "invalid_request"],
           [call(post("/internal/v1/codex/workers", { worker_id: "w" })), 400, "invalid_request"],
           [call(get("/internal/v1/codex/workers/nope")), 404, "worker_not_found"],
           [call(post("/internal/v1/codex/workers/nope/events", { event_type: "worker.event" })), 404, "worker_not_found"],
@@ -105,6 +114,9 @@ layer(testApp({ maxBodyBytes: 4096 }), { timeout: "120 seconds" })("HTTP command
         )
         assert.strictEqual(raw.status, 400)
         assert.strictEqual(((yield* raw.json) as { error: { code: string } }).error.code, "invalid_request")
+        // 31 levels below the payload object are accepted
+        const deepest = yield* runEvent("run-deep", { type: "run.created", owner_user_id: "u1", payload: nested(31) })
+        assert.strictEqual(deepest.status, 201, JSON.stringify(deepest.body))
         // a second run.created is 409
         yield* runEvent("run-dup", { type: "run.created", owner_user_id: "u1" })
         const dup = yield* runEvent("run-dup", { type: "run.created", owner_user_id: "u1" })

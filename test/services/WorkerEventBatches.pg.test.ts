@@ -9,9 +9,10 @@ import { assert, describe, layer } from "@effect/vitest"
 import { Effect, Metric, References } from "effect"
 import { SqlClient } from "effect/sql"
 import { ApiError } from "../../src/domain/ApiError.ts"
+import type { JsonObject } from "../../src/domain/Json.ts"
 import type { CommandResult } from "../../src/services/CommandRunner.ts"
 import { requestHash } from "../../src/services/Idempotency.ts"
-import { commandGroupEvents, projectionWriteFailures } from "../../src/services/Metrics.ts"
+import { commandGroupEvents, commandsTotal, projectionWriteFailures } from "../../src/services/Metrics.ts"
 import { ProjectionOps } from "../../src/services/ProjectionOps.ts"
 import { WorkerCommands } from "../../src/services/WorkerCommands.ts"
 import { WorkerEventBatches, type WorkerGroupItem } from "../../src/services/WorkerEventBatches.ts"
@@ -329,6 +330,81 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("worker
           assert.strictEqual(Number(n!.n), commands.length - 1)
         }).pipe(Effect.ensuring(drop), Effect.provideService(References.MinimumLogLevel, "None"))
       }))
+
+    it.effect("413s: the earliest oversized item is refused first, so a later one that fits alone is not refused", () =>
+      Effect.gen(function*() {
+        // A worker.error whose event entry is too large but whose summary (carrying its message)
+        // just fits, then a small event of the same worker: its summary would carry the message
+        // only had the error been accepted. An event of another worker of the same owner goes
+        // first, so the owner's topic is the journal's first (it once found the later item's
+        // summary before the earlier item's event). Found in review.
+        const batches = yield* WorkerEventBatches
+        const item = (workerId: string, type: WorkerGroupItem["type"], payload: JsonObject, s: number): WorkerGroupItem => ({
+          workerId,
+          type,
+          payload,
+          occurredAtMs: T0 + s,
+          scope: undefined,
+          requestId: undefined
+        })
+        const group = [
+          item("y1", "worker.event", {}, 0),
+          item("y0", "worker.error", { message: "m".repeat(2524), pad: "p".repeat(3500) }, 1),
+          item("y0", "worker.request.received", {}, 2)
+        ]
+        yield* reset
+        yield* createWorkers("y", 2, 1)
+        const single: Array<ReturnType<typeof answerOf>> = []
+        for (const g of group) {
+          single.push(yield* run({ kind: "event", id: g.workerId, body: { event_type: g.type, payload: g.payload, occurred_at: new Date(g.occurredAtMs).toISOString() } }))
+        }
+        const bySingle = yield* capture
+        yield* reset
+        yield* createWorkers("y", 2, 1)
+        const grouped = (yield* batches.commitGroup(group.map((g) => ({ ...g, requestId: `req-${g.workerId}` })), 0)).map(answerOf)
+        assert.deepStrictEqual(single.map((a) => a.status), [201, 413, 201])
+        assert.deepStrictEqual(grouped, single)
+        assert.deepStrictEqual(yield* capture, bySingle)
+      }))
+
+    it.effect("many oversized events in one group are refused together, not one retry each", () =>
+      Effect.gen(function*() {
+        yield* reset
+        const ids = yield* createWorkers("big", 4, 2)
+        const batches = yield* WorkerEventBatches
+        const before = yield* Metric.value(Metric.withAttributes(commandsTotal, { command: "worker.group", outcome: "retried" }))
+        const group = Array.from({ length: 60 }, (_, k): WorkerGroupItem => ({
+          workerId: ids[k % ids.length]!,
+          type: "worker.event",
+          payload: k % 3 === 0 ? { k } : { k, big: "x".repeat(6000) },
+          occurredAtMs: T0 + k,
+          scope: undefined,
+          requestId: undefined
+        }))
+        const answers = yield* batches.commitGroup(group, 0)
+        assert.deepStrictEqual(answers.map((a) => a instanceof ApiError ? a.code : a.status), group.map((g) => "big" in g.payload ? "payload_too_large" : 201))
+        const after = yield* Metric.value(Metric.withAttributes(commandsTotal, { command: "worker.group", outcome: "retried" }))
+        assert.strictEqual(after.count - before.count, 1, "one retry refuses all forty")
+      }))
+
+    it.effect("a command whose processing dies fails alone; its group is retried one command at a time", () =>
+      Effect.gen(function*() {
+        yield* reset
+        const ids = yield* createWorkers("d", 20, 3)
+        const workers = yield* WorkerCommands
+        // A payload no JSON request can carry (a BigInt): stored, it throws inside the transaction.
+        const answers = yield* Effect.forEach(ids, (id, i) =>
+          (i === 10
+            ? workers.appendEvent(id, { event_type: "worker.event", payload: { n: 1n } }, undefined)
+            : workers.heartbeat(id, { payload: { i } }, undefined)).pipe(
+              Effect.map((r): number | string => r.status),
+              Effect.catch((e: ApiError) => Effect.succeed(e.code))
+            ), { concurrency: "unbounded" })
+        assert.deepStrictEqual(answers, ids.map((_, i) => i === 10 ? "internal" : 201))
+        const sql = yield* SqlClient.SqlClient
+        const [n] = yield* sql<{ n: bigint }>`SELECT count(*) AS n FROM runtime.codex_worker_events WHERE type = 'worker.heartbeat'`
+        assert.strictEqual(Number(n!.n), 19)
+      }).pipe(Effect.provideService(References.MinimumLogLevel, "None")))
 
     it.effect("a keyed command stored by a group replays through a lone command, and a reused key is 409", () =>
       Effect.gen(function*() {

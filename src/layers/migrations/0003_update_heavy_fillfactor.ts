@@ -29,5 +29,9 @@ export const UPDATE_HEAVY_TABLES = [
 
 export default Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  // Each ALTER waits for a SHARE UPDATE EXCLUSIVE lock (reads and writes go on), which a running
+  // VACUUM, ANALYZE or index build holds: give up after 30 s rather than hold every starting node
+  // (the migrations table stays locked meanwhile); the next start tries again.
+  yield* sql`SET LOCAL lock_timeout = '30s'`
   for (const table of UPDATE_HEAVY_TABLES) yield* sql.unsafe(`ALTER TABLE runtime.${table} SET (fillfactor = 70)`)
 })
