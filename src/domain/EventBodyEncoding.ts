@@ -78,18 +78,9 @@ const structFields = (o: JsonObject) => {
 /** `toBinary` of the event message. */
 const eventBinary = (e: EventBodyValues): Uint8Array => {
   w.reset()
-  if (e.id !== "") {
-    w.tag(1, WIRE_LEN)
-    w.string(e.id)
-  }
-  if (e.seq !== 0) {
-    w.tag(2, WIRE_VARINT)
-    w.varint(e.seq)
-  }
-  if (e.type !== "") {
-    w.tag(3, WIRE_LEN)
-    w.string(e.type)
-  }
+  w.stringField(1, e.id)
+  w.uintField(2, e.seq)
+  w.stringField(3, e.type)
   w.tag(4, WIRE_LEN)
   const payload = w.open()
   structFields(e.payload)
@@ -98,14 +89,8 @@ const eventBinary = (e: EventBodyValues): Uint8Array => {
   const ts = w.open()
   const seconds = Math.floor(e.occurredAtMs / 1000)
   const nanos = (e.occurredAtMs - seconds * 1000) * 1_000_000
-  if (seconds !== 0) {
-    w.tag(1, WIRE_VARINT)
-    w.varint(seconds)
-  }
-  if (nanos !== 0) {
-    w.tag(2, WIRE_VARINT)
-    w.varint(nanos)
-  }
+  w.uintField(1, seconds)
+  w.uintField(2, nanos)
   w.close(ts)
   return w.finish()
 }

@@ -64,6 +64,20 @@ export class ScratchWriter {
     this.varint((field << 3) | wireType)
   }
 
+  /** A varint scalar field, left out when 0 (proto3's default). */
+  uintField(field: number, v: number): void {
+    if (v === 0) return
+    this.tag(field, WIRE_VARINT)
+    this.varint(v)
+  }
+
+  /** A string field, left out when empty (proto3's default). */
+  stringField(field: number, s: string): void {
+    if (s === "") return
+    this.tag(field, WIRE_LEN)
+    this.string(s)
+  }
+
   /** A little-endian IEEE double (wire type I64). */
   double(v: number): void {
     this.ensure(8)

@@ -21,7 +21,7 @@ import type { Timestamp } from "@bufbuild/protobuf/wkt"
 import { documentJson } from "./DocumentJson.ts"
 import { encodeEventBody, type EventIdField } from "./EventBodyEncoding.ts"
 import type { JsonObject } from "./Json.ts"
-import { ScratchWriter, WIRE_LEN, WIRE_VARINT } from "./ScratchWriter.ts"
+import { ScratchWriter, WIRE_LEN } from "./ScratchWriter.ts"
 import type { EncodedUpdate } from "./Protocol.ts"
 
 /** The scalar fields of an `Update` (numbers: all well inside 2^53). */
@@ -114,34 +114,13 @@ const writer = new ScratchWriter()
 const encodeUpdateWith = (h: UpdateHeader, body: EncodedBody | undefined): EncodedUpdate => {
   const w = writer
   w.reset()
-  if (h.seq !== 0) {
-    w.tag(1, WIRE_VARINT)
-    w.varint(h.seq)
-  }
-  if (h.kind !== "") {
-    w.tag(2, WIRE_LEN)
-    w.string(h.kind)
-  }
-  if (h.docKey !== "") {
-    w.tag(3, WIRE_LEN)
-    w.string(h.docKey)
-  }
-  if (h.docVersion !== 0) {
-    w.tag(4, WIRE_VARINT)
-    w.varint(h.docVersion)
-  }
-  if (h.schemaVersion !== 0) {
-    w.tag(5, WIRE_VARINT)
-    w.varint(h.schemaVersion)
-  }
-  if (h.occurredAtMs !== 0) {
-    w.tag(6, WIRE_VARINT)
-    w.varint(h.occurredAtMs)
-  }
-  if (h.committedAtMs !== 0) {
-    w.tag(7, WIRE_VARINT)
-    w.varint(h.committedAtMs)
-  }
+  w.uintField(1, h.seq)
+  w.stringField(2, h.kind)
+  w.stringField(3, h.docKey)
+  w.uintField(4, h.docVersion)
+  w.uintField(5, h.schemaVersion)
+  w.uintField(6, h.occurredAtMs)
+  w.uintField(7, h.committedAtMs)
   if (body) {
     w.tag(body.field, WIRE_LEN)
     w.bytes(body.pb)

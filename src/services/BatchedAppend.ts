@@ -105,9 +105,11 @@ export class KeyLedger {
     return "response" in prior ? { _tag: "replayStored", body: prior.response } : { _tag: "replayItem", index: prior.index }
   }
 
-  /** Item `index` was accepted under its key: later retries in the batch replay it. */
-  accepted(scope: IdempotencyScope | undefined, index: number) {
+  /** Item `index` is accepted as this append: its outcome; later retries of its key in the batch replay it. */
+  accept(index: number, append: Omit<Append, "_tag">): Append {
+    const { scope } = append
     if (scope !== undefined) this.batch.set(keyOf(scope.entityId, scope.key), { hash: scope.requestHash, index })
+    return { _tag: "append", ...append }
   }
 }
 

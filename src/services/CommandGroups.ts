@@ -14,7 +14,8 @@
  * unknown (BEGIN or COMMIT failed) every command of the group gets the 500 and none is committed
  * again here: a retry with its idempotency key is safe.
  */
-import { Effect, Metric, Schema, type Scope } from "effect"
+import { Effect, Metric, Option, Schema, type Scope, type Tracer } from "effect"
+import { SqlClient } from "effect/sql"
 import { ApiError } from "../domain/ApiError.ts"
 import { type CommandResult, commitFailed } from "./CommandRunner.ts"
 import { makeGroupCommitter } from "./GroupCommit.ts"
@@ -37,33 +38,48 @@ const GROUP_COMMIT_WORKERS = 2
 const FALLBACK_FAILURES = 3
 
 export interface CommandGroups<P> {
-  /** Commits `item` (alone or in a group) and answers what it would answer alone. */
-  readonly submit: (item: P) => Effect.Effect<ItemAnswer>
+  /**
+   * Commits `item` — alone, grouped with concurrent ones, or inside the caller's transaction when
+   * there is one (tools, tests: it joins it, as one command always did) — and answers what it
+   * would answer alone.
+   */
+  readonly submit: (item: P) => Effect.Effect<CommandResult, ApiError>
+}
+
+/** A queued command and the span of the request that sent it (a command alone is traced under it). */
+interface Pending<P> {
+  readonly item: P
+  readonly span: Tracer.AnySpan | undefined
 }
 
 export const makeCommandGroups = <P extends { readonly now: number }>(options: {
   /** Most commands in one group. */
   readonly maxGroup: number
-  /** One command in its own transaction; its error is its answer. */
-  readonly alone: (item: P) => Effect.Effect<ItemAnswer>
+  /** One command in its own transaction (or the caller's). */
+  readonly alone: (item: P) => Effect.Effect<CommandResult, ApiError>
   /**
    * Many commands in one set-based transaction, committed at `now`: answers in input order.
    * `StatementFailed` when a statement failed or the transaction's code died (rolled back either
    * way); an `ApiError` when BEGIN or COMMIT failed (the outcome is unknown).
    */
   readonly together: (items: ReadonlyArray<P>, now: number) => Effect.Effect<ReadonlyArray<ItemAnswer>, ApiError | StatementFailed>
-}): Effect.Effect<CommandGroups<P>, never, Scope.Scope> =>
+}): Effect.Effect<CommandGroups<P>, never, Scope.Scope | SqlClient.SqlClient> =>
   Effect.gen(function*() {
-    // A command that dies (a bug: a defect, not a typed error) is answered a retryable 500 and
-    // logged; it must not take the rest of its group with it.
-    const alone = (item: P): Effect.Effect<ItemAnswer> =>
+    const sql = yield* SqlClient.SqlClient
+
+    // One command, traced under its request; its error is its answer. One that dies (a bug: a
+    // defect, not a typed error) is answered a retryable 500 and logged: it must not take the
+    // rest of its group with it.
+    const alone = ({ item, span }: Pending<P>): Effect.Effect<ItemAnswer> =>
       options.alone(item).pipe(
+        span === undefined ? (e) => e : Effect.withParentSpan(span),
+        Effect.catch((e: ApiError) => Effect.succeed(e)),
         Effect.catchDefect((defect) =>
           Effect.logError("a command failed with a defect; answered 500", defect).pipe(Effect.as(commitFailed()))
         )
       )
 
-    const oneByOne = (items: ReadonlyArray<P>, groupError: ApiError) =>
+    const oneByOne = (items: ReadonlyArray<Pending<P>>, groupError: ApiError) =>
       Effect.gen(function*() {
         const answers: Array<ItemAnswer> = []
         let failuresInARow = 0
@@ -79,24 +95,34 @@ export const makeCommandGroups = <P extends { readonly now: number }>(options: {
         return answers
       })
 
-    return yield* makeGroupCommitter<P, ItemAnswer, never>({
+    const committer = yield* makeGroupCommitter<Pending<P>, ItemAnswer, never>({
       workers: GROUP_COMMIT_WORKERS,
       maxGroup: options.maxGroup,
       // Commands waiting for a group beyond which new ones wait to be queued (HTTP backpressure).
       capacity: 4 * options.maxGroup,
-      commit: (items) =>
-        Metric.update(commandGroupEvents, items.length).pipe(Effect.andThen(
-          items.length === 1
-            ? Effect.map(alone(items[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
+      commit: (pending) =>
+        Metric.update(commandGroupEvents, pending.length).pipe(Effect.andThen(
+          pending.length === 1
+            ? Effect.map(alone(pending[0]!), (a): ReadonlyArray<ItemAnswer> => [a])
             // Committed at the latest of its commands' request times (the injected clock's).
-            : options.together(items, items.reduce((t, i) => Math.max(t, i.now), 0)).pipe(
+            : options.together(pending.map((p) => p.item), pending.reduce((t, p) => Math.max(t, p.item.now), 0)).pipe(
               Effect.catchTag("StatementFailed", (e) =>
                 Effect.logWarning(
-                  `a group of ${items.length} commands was rolled back (a statement or one command's processing failed); committing them one at a time`,
+                  `a group of ${pending.length} commands was rolled back (a statement or one command's processing failed); committing them one at a time`,
                   e.cause
-                ).pipe(Effect.andThen(oneByOne(items, commitFailed())))),
-              Effect.catch((e: ApiError) => Effect.succeed(items.map(() => e)))
+                ).pipe(Effect.andThen(oneByOne(pending, commitFailed())))),
+              Effect.catch((e: ApiError) => Effect.succeed(pending.map(() => e)))
             )
         ))
     })
+
+    const submit = (item: P) =>
+      Effect.gen(function*() {
+        if (Option.isSome(yield* Effect.serviceOption(sql.transactionService))) return yield* options.alone(item)
+        const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
+        const answer = yield* committer.submit({ item, span })
+        if (answer instanceof ApiError) return yield* answer
+        return answer
+      })
+    return { submit }
   })

@@ -11,15 +11,14 @@
  * in the database is retried one command at a time, so a refused command fails alone. Validation errors
  * are answered before any of this; a command issued inside a caller's transaction joins it.
  */
-import { Clock, Context, Effect, Layer, Option, Schema, type Tracer } from "effect"
-import { SqlClient } from "effect/sql"
+import { Clock, Context, Effect, Layer, Schema } from "effect"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { runSummaryJson } from "../domain/Documents.ts"
 import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
 import { isStorableJson, isStorableString, nestsWithin } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
-import { type ItemAnswer, makeCommandGroups } from "./CommandGroups.ts"
+import { makeCommandGroups } from "./CommandGroups.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore } from "./EventStore.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
@@ -128,8 +127,6 @@ export const lifecycleRejection = (
 
 interface PendingCommand extends GroupItem {
   readonly now: number
-  /** The request's span: a command committed alone is traced under it. */
-  readonly span: Tracer.AnySpan | undefined
 }
 
 export class RunCommands extends Context.Service<RunCommands, {
@@ -145,7 +142,6 @@ export class RunCommands extends Context.Service<RunCommands, {
       const idempotency = yield* Idempotency
       const readModels = yield* ReadModels
       const batches = yield* RunEventBatches
-      const sql = yield* SqlClient.SqlClient
 
       /** The one-event transaction (a group of one: no contention, so nothing to share). */
       const commitOne = (event: ValidRunEvent, requestId: string | undefined, now: number) => {
@@ -182,18 +178,11 @@ export class RunCommands extends Context.Service<RunCommands, {
         )
       }
 
-      /** One command in its own transaction, traced under its request; its error is its answer. */
-      const alone = (item: PendingCommand): Effect.Effect<ItemAnswer> =>
-        commitOne(item.event, item.requestId, item.now).pipe(
-          item.span === undefined ? (e) => e : Effect.withParentSpan(item.span),
-          Effect.catch((e: ApiError) => Effect.succeed(e))
-        )
-
       // Group commit: concurrent commands share transactions (RunEventBatches.commitGroup answers
       // each exactly as its own transaction would); a command that finds a committer idle commits alone.
       const committer = yield* makeCommandGroups<PendingCommand>({
         maxGroup: MAX_BATCH_EVENTS,
-        alone,
+        alone: (item) => commitOne(item.event, item.requestId, item.now),
         together: batches.commitGroup
       })
 
@@ -205,12 +194,7 @@ export class RunCommands extends Context.Service<RunCommands, {
         const now = yield* Clock.currentTimeMillis
         const event = yield* validateRunEvent(runId, raw, now)
         yield* Effect.annotateCurrentSpan({ "khala.run_id": runId, "khala.event_type": event.type })
-        // Inside a caller's transaction (tools, tests): join it, as one command always did.
-        if (Option.isSome(yield* Effect.serviceOption(sql.transactionService))) return yield* commitOne(event, requestId, now)
-        const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
-        const answer = yield* committer.submit({ event, requestId, now, span })
-        if (answer instanceof ApiError) return yield* answer
-        return answer
+        return yield* committer.submit({ event, requestId, now })
       })
 
       const get = Effect.fn("RunCommands.get")(function*(runId: string) {

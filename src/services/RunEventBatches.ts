@@ -153,9 +153,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             if (rejection) return { _tag: "rejected", error: rejection }
             run.lastSeq += 1
             run.status = runStatusAfter(run.status as RunStatus, e.type)
-            keys.accepted(e.scope, i)
-            return {
-              _tag: "append",
+            return keys.accept(i, {
               entityId: e.runId,
               ownerUserId: run.ownerUserId,
               seq: run.lastSeq,
@@ -163,7 +161,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
               payload: e.payload,
               occurredAtMs: e.occurredAtMs,
               scope: e.scope
-            }
+            })
           })
 
           // 5–8. Owner ordinals, events, projection, journal, documents and checkpoints.

@@ -16,8 +16,7 @@
 import { timestampFromMs } from "@bufbuild/protobuf/wkt"
 import { toJson } from "@bufbuild/protobuf"
 import { TimestampSchema } from "@bufbuild/protobuf/wkt"
-import { Clock, Context, Effect, Layer, Option, Schema, type Tracer } from "effect"
-import { SqlClient } from "effect/sql"
+import { Clock, Context, Effect, Layer, Schema } from "effect"
 import { ApiError, apiError } from "../domain/ApiError.ts"
 import { workerSummaryJson } from "../domain/Documents.ts"
 import { heartbeatView } from "../domain/Heartbeat.ts"
@@ -31,7 +30,7 @@ import {
   type WorkerEventType
 } from "../domain/WorkerProjection.ts"
 import { KhalaConfig } from "../layers/Config.ts"
-import { type ItemAnswer, makeCommandGroups } from "./CommandGroups.ts"
+import { makeCommandGroups } from "./CommandGroups.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
 import { EventStore, type WorkerRow } from "./EventStore.ts"
 import { Idempotency, type IdempotencyScope, requestHash } from "./Idempotency.ts"
@@ -76,8 +75,6 @@ const MAX_WORKER_GROUP = 500
 
 interface PendingWorkerCommand extends WorkerGroupItem {
   readonly now: number
-  /** The request's span: a command committed alone is traced under it. */
-  readonly span: Tracer.AnySpan | undefined
 }
 
 export class WorkerCommands extends Context.Service<WorkerCommands, {
@@ -99,7 +96,6 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
       const idempotency = yield* Idempotency
       const readModels = yield* ReadModels
       const batches = yield* WorkerEventBatches
-      const sql = yield* SqlClient.SqlClient
 
       /** Snapshot JSON: the summary document plus authority heartbeat fields. */
       const snapshotJson = (row: WorkerRow, summary: CodexWorkerSummary | undefined, nowMs: number): JsonObject => ({
@@ -181,32 +177,19 @@ export class WorkerCommands extends Context.Service<WorkerCommands, {
             return { status: 201, body: { worker_id: item.workerId, seq: out.seq, topic_seqs: out.topicSeqs } }
           }))
 
-      /** One command in its own transaction, traced under its request; its error is its answer. */
-      const alone = (item: PendingWorkerCommand): Effect.Effect<ItemAnswer> =>
-        appendCommand(item, item.now).pipe(
-          item.span === undefined ? (e) => e : Effect.withParentSpan(item.span),
-          Effect.catch((e: ApiError) => Effect.succeed(e))
-        )
-
       // Group commit: concurrent event and heartbeat commands share transactions
       // (WorkerEventBatches answers each exactly as its own transaction would).
       const committer = yield* makeCommandGroups<PendingWorkerCommand>({
         maxGroup: MAX_WORKER_GROUP,
-        alone,
+        alone: (item) => appendCommand(item, item.now),
         together: batches.commitGroup
       })
 
       /** Commits a validated append-style command: alone, or grouped with concurrent ones. */
       const submitAppend = (command: string, item: WorkerGroupItem, now: number) =>
-        Effect.gen(function*() {
-          yield* Effect.annotateCurrentSpan({ "khala.worker_id": item.workerId, "khala.command": command })
-          // Inside a caller's transaction (tools, tests): join it, as one command always did.
-          if (Option.isSome(yield* Effect.serviceOption(sql.transactionService))) return yield* appendCommand(item, now)
-          const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
-          const answer = yield* committer.submit({ ...item, now, span })
-          if (answer instanceof ApiError) return yield* answer
-          return answer
-        })
+        Effect.annotateCurrentSpan({ "khala.worker_id": item.workerId, "khala.command": command }).pipe(
+          Effect.andThen(committer.submit({ ...item, now }))
+        )
 
       const summaryOf = (workerId: string) =>
         Effect.map(readModels.workerSummary(workerId), (d: StoredDoc<CodexWorkerSummary> | undefined) => d?.doc)

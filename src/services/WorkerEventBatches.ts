@@ -124,9 +124,7 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
             worker.lastSeq += 1
             worker.status = workerStatusAfter(worker.status, e.type, e.payload)
             if (e.type === "worker.heartbeat") worker.heartbeatAtMs = Math.max(worker.heartbeatAtMs ?? 0, e.occurredAtMs)
-            keys.accepted(e.scope, i)
-            return {
-              _tag: "append",
+            return keys.accept(i, {
               entityId: e.workerId,
               ownerUserId: worker.ownerUserId,
               seq: worker.lastSeq,
@@ -134,7 +132,7 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
               payload: e.payload,
               occurredAtMs: e.occurredAtMs,
               scope: e.scope
-            }
+            })
           })
 
           // 4. Owner ordinals, events, projection, journal, documents and checkpoints.

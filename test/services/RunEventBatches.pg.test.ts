@@ -17,7 +17,13 @@ import { RunCommands } from "../../src/services/RunCommands.ts"
 import { type BatchItemResult, MAX_BATCH_EVENTS, RunEventBatches } from "../../src/services/RunEventBatches.ts"
 import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
-import { captureProjectionTables, holdRowLocks, raisingFunction } from "../support/WrittenTables.ts"
+import {
+  assertGaplessWrites,
+  assertGroupedAsOneByOne,
+  captureProjectionTables,
+  holdRowLocks,
+  raisingFunction
+} from "../support/WrittenTables.ts"
 
 type Item = Record<string, unknown> & { run_id: unknown }
 
@@ -231,25 +237,7 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
               Effect.catch((e: ApiError) => Effect.succeed(resultOf(e)))
             ))
 
-        yield* reset
-        const oneByOne = yield* Effect.forEach(scripts, runScript)
-        const bySingle = yield* capture
-
-        yield* reset
-        const before = yield* Metric.value(commandGroupEvents)
-        const concurrent = yield* Effect.forEach(scripts, runScript, { concurrency: "unbounded" })
-        const byGroups = yield* capture
-        const after = yield* Metric.value(commandGroupEvents)
-
-        // groups did form (more commands than transactions) …
-        const commands = scripts.reduce((n, s) => n + s.length, 0)
-        assert.strictEqual(after.sum - before.sum, commands)
-        assert.isBelow(after.count - before.count, commands)
-        // … and changed nothing anyone can observe
-        assert.deepStrictEqual(concurrent, oneByOne)
-        assert.deepStrictEqual(byGroups, bySingle)
-        const ops = yield* ProjectionOps
-        assert.deepStrictEqual((yield* ops.drift).drifted, [])
+        yield* assertGroupedAsOneByOne(assert, scripts, runScript, reset, capture)
       }))
 
     it.effect("a command the database refuses fails alone: its group is retried one command at a time", () =>
@@ -353,31 +341,7 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("run ev
             }, undefined).pipe(Effect.asVoid))
         yield* Effect.all(work, { concurrency: "unbounded" })
 
-        const sql = yield* SqlClient.SqlClient
-        const perRun = yield* sql<{ run_id: string; n: bigint; max: bigint; last_seq: bigint }>`
-          SELECT e.run_id, count(*) AS n, max(e.seq) AS max, r.last_seq FROM runtime.run_events e
-          JOIN runtime.runs r USING (run_id) GROUP BY e.run_id, r.last_seq`
-        let total = 0
-        for (const r of perRun) {
-          assert.strictEqual(Number(r.n), Number(r.max), r.run_id)
-          assert.strictEqual(Number(r.last_seq), Number(r.max), r.run_id)
-          total += Number(r.n)
-        }
-        assert.strictEqual(total, 6 + 8 + 16 * 30)
-        const topics = yield* sql<{ topic: string; n: bigint; max: bigint; head_seq: bigint }>`
-          SELECT e.topic, count(*) AS n, max(e.seq) AS max, s.head_seq FROM runtime.sync_stream_events e
-          JOIN runtime.sync_topic_sequences s USING (topic) GROUP BY e.topic, s.head_seq`
-        for (const t of topics) {
-          assert.strictEqual(Number(t.n), Number(t.max), t.topic)
-          assert.strictEqual(Number(t.head_seq), Number(t.max), t.topic)
-        }
-        const ordinals = yield* sql<{ owner_user_id: string; n: bigint; max: bigint; distinct_n: bigint }>`
-          SELECT r.owner_user_id, count(*) AS n, max(e.owner_ordinal) AS max, count(DISTINCT e.owner_ordinal) AS distinct_n
-          FROM runtime.run_events e JOIN runtime.runs r USING (run_id) GROUP BY r.owner_user_id`
-        for (const o of ordinals) {
-          assert.strictEqual(Number(o.n), Number(o.max), o.owner_user_id)
-          assert.strictEqual(Number(o.distinct_n), Number(o.n), o.owner_user_id)
-        }
+        assert.strictEqual(yield* assertGaplessWrites("runs", assert), 6 + 8 + 16 * 30)
         const ops = yield* ProjectionOps
         assert.deepStrictEqual((yield* ops.drift).drifted, [])
       }))

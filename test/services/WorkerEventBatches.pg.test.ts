@@ -18,7 +18,12 @@ import { WorkerCommands } from "../../src/services/WorkerCommands.ts"
 import { WorkerEventBatches, type WorkerGroupItem } from "../../src/services/WorkerEventBatches.ts"
 import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
-import { captureProjectionTables, raisingFunction } from "../support/WrittenTables.ts"
+import {
+  assertGaplessWrites,
+  assertGroupedAsOneByOne,
+  captureProjectionTables,
+  raisingFunction
+} from "../support/WrittenTables.ts"
 
 const T0 = Date.parse("2026-03-01T12:00:00.000Z")
 const at = (s: number) => new Date(T0 + s * 1000).toISOString()
@@ -188,32 +193,16 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("worker
             { kind: "event", id, body: { event_type: "worker.event", payload: { late: true }, idempotency_key: "late" } }
           ]
         })
-        const runScript = (script: ReadonlyArray<Step>) => Effect.forEach(script, run)
-
-        yield* reset
-        yield* createWorkers("w", 18, 18)
-        const oneByOne = yield* Effect.forEach(scripts, runScript)
-        const bySingle = yield* capture
-
-        yield* reset
-        yield* createWorkers("w", 18, 18)
-        const before = yield* Metric.value(commandGroupEvents)
-        const concurrent = yield* Effect.forEach(scripts, runScript, { concurrency: "unbounded" })
-        const byGroups = yield* capture
-        const after = yield* Metric.value(commandGroupEvents)
-
-        // the scripts exercised what they meant to …
+        const oneByOne = yield* assertGroupedAsOneByOne(
+          assert,
+          scripts,
+          (script) => Effect.forEach(script, run),
+          Effect.andThen(reset, createWorkers("w", 18, 18)),
+          capture
+        )
+        // the scripts exercised what they meant to
         const statuses = new Set(oneByOne.flat().map((a) => a.status))
         for (const s of [200, 201, 404, 409, 413]) assert.isTrue(statuses.has(s), `some answer is ${s}`)
-        // … groups did form (more commands than transactions) …
-        const commands = scripts.reduce((n, s) => n + s.length, 0)
-        assert.strictEqual(after.sum - before.sum, commands)
-        assert.isBelow(after.count - before.count, commands)
-        // … and changed nothing anyone can observe
-        assert.deepStrictEqual(concurrent, oneByOne)
-        assert.deepStrictEqual(byGroups, bySingle)
-        const ops = yield* ProjectionOps
-        assert.deepStrictEqual((yield* ops.drift).drifted, [])
       }))
   })
 
@@ -242,31 +231,8 @@ layer(testServices({ maxFrameBytes: 4096 }), { timeout: "300 seconds" })("worker
             ))
         yield* Effect.all(work, { concurrency: "unbounded" })
 
+        assert.strictEqual(yield* assertGaplessWrites("workers", assert), 8 + 10 + 20 * 20)
         const sql = yield* SqlClient.SqlClient
-        const perWorker = yield* sql<{ worker_id: string; n: bigint; max: bigint; last_seq: bigint }>`
-          SELECT e.worker_id, count(*) AS n, max(e.seq) AS max, w.last_seq FROM runtime.codex_worker_events e
-          JOIN runtime.codex_workers w USING (worker_id) GROUP BY e.worker_id, w.last_seq`
-        let total = 0
-        for (const r of perWorker) {
-          assert.strictEqual(Number(r.n), Number(r.max), r.worker_id)
-          assert.strictEqual(Number(r.last_seq), Number(r.max), r.worker_id)
-          total += Number(r.n)
-        }
-        assert.strictEqual(total, 8 + 10 + 20 * 20)
-        const topics = yield* sql<{ topic: string; n: bigint; max: bigint; head_seq: bigint }>`
-          SELECT e.topic, count(*) AS n, max(e.seq) AS max, s.head_seq FROM runtime.sync_stream_events e
-          JOIN runtime.sync_topic_sequences s USING (topic) GROUP BY e.topic, s.head_seq`
-        for (const t of topics) {
-          assert.strictEqual(Number(t.n), Number(t.max), t.topic)
-          assert.strictEqual(Number(t.head_seq), Number(t.max), t.topic)
-        }
-        const ordinals = yield* sql<{ owner_user_id: string; n: bigint; max: bigint; distinct_n: bigint }>`
-          SELECT w.owner_user_id, count(*) AS n, max(e.owner_ordinal) AS max, count(DISTINCT e.owner_ordinal) AS distinct_n
-          FROM runtime.codex_worker_events e JOIN runtime.codex_workers w USING (worker_id) GROUP BY w.owner_user_id`
-        for (const o of ordinals) {
-          assert.strictEqual(Number(o.n), Number(o.max), o.owner_user_id)
-          assert.strictEqual(Number(o.distinct_n), Number(o.n), o.owner_user_id)
-        }
         // the authority row keeps the latest heartbeat any group carried
         const [latest] = yield* sql<{ ok: boolean }>`
           SELECT bool_and(w.last_heartbeat_at = h.at) AS ok FROM runtime.codex_workers w
