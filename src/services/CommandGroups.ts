@@ -12,7 +12,9 @@
  * FALLBACK_FAILURES lone failures in a row the database is taken to be down and the rest get the
  * same answer (a retryable 500) at once instead of each waiting to fail. When the outcome is
  * unknown (BEGIN or COMMIT failed) every command of the group gets the 500 and none is committed
- * again here: a retry with its idempotency key is safe.
+ * again here: a retry with its idempotency key is safe. A defect inside the shared transaction
+ * (a bug in one command's processing) rolls it back like a failed statement; a command that dies
+ * alone is answered a retryable 500. A command issued inside a caller's transaction joins it.
  */
 import { Effect, Metric, Option, Schema, type Scope, type Tracer } from "effect"
 import { SqlClient } from "effect/sql"
