@@ -3,6 +3,7 @@
  * listener and ports), plus small HTTP helpers (append run events, mint tokens) for tests that
  * drive real WebSocket clients with real time.
  */
+import { afterAll, beforeAll } from "@effect/vitest"
 import { Effect, Exit, Layer, ManagedRuntime, Scope } from "effect"
 import type { KhalaSettings } from "../../src/layers/Config.ts"
 import { acquireDatabaseUrl } from "./TestDatabase.ts"
@@ -48,6 +49,26 @@ export const startCluster = async (count: number, overrides: Partial<KhalaSettin
       await Effect.runPromise(Scope.close(scope, Exit.void))
     }
   }
+}
+
+/**
+ * A cluster for the whole test file: started before its tests, closed after them. The value is
+ * usable from the tests on (it forwards to the started cluster).
+ */
+export const clusterForFile = (count: number, overrides: Partial<KhalaSettings> = {}): Cluster => {
+  let started: Cluster | undefined
+  beforeAll(async () => {
+    started = await startCluster(count, overrides)
+  }, 120_000)
+  afterAll(async () => {
+    await started?.close()
+  })
+  return new Proxy({} as Cluster, {
+    get: (_, key) => {
+      if (started === undefined) throw new Error("the cluster is used before the file's tests started")
+      return started[key as keyof Cluster]
+    }
+  })
 }
 
 export const httpJson = async (

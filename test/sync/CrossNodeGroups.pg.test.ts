@@ -9,19 +9,12 @@
  * single short statement), which the ordering in BatchedAppend and the batches argues instead.
  */
 import { PgClient } from "@effect/sql-pg"
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted } from "effect"
-import { type Cluster, httpJson, startCluster } from "../support/Cluster.ts"
+import { type Cluster, clusterForFile, httpJson } from "../support/Cluster.ts"
 import { assertGaplessWrites } from "../support/WrittenTables.ts"
 
-let cluster: Cluster
-
-beforeAll(async () => {
-  cluster = await startCluster(2)
-}, 120_000)
-afterAll(async () => {
-  await cluster?.close()
-})
+const cluster = clusterForFile(2)
 
 /**
  * Sum and count of `khala_command_group_events` (commands, transactions) and the transactions that

@@ -4,24 +4,17 @@
  * announcement) is made up for by the reconciler of every node that has subscribers on the topic.
  */
 import { PgClient } from "@effect/sql-pg"
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { assert, describe, it } from "@effect/vitest"
 import { Effect, Layer, ManagedRuntime, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import { KhalaConfig } from "../../src/layers/Config.ts"
 import { parseFeedMessage } from "../../src/services/JournalFeed.ts"
 import { Journal } from "../../src/services/Journal.ts"
 import { RESYNC_ALL_PAYLOAD } from "../../src/services/JournalNotifier.ts"
-import { ADMIN_TOKEN, appendRun, type Cluster, type ClusterNode, mintToken, startCluster } from "../support/Cluster.ts"
+import { ADMIN_TOKEN, appendRun, clusterForFile, type ClusterNode, mintToken } from "../support/Cluster.ts"
 import { WsClient } from "../support/WsClient.ts"
 
-let cluster: Cluster
-
-beforeAll(async () => {
-  cluster = await startCluster(2, { feedReconcileIntervalMs: 100 })
-}, 120_000)
-afterAll(async () => {
-  await cluster?.close()
-})
+const cluster = clusterForFile(2, { feedReconcileIntervalMs: 100 })
 
 const metric = async (node: { http: string }, name: string) => {
   const text = await (await fetch(`${node.http}/metrics`)).text()

@@ -5,18 +5,11 @@
  * in flight is not forced here (it depends on scheduling), so this guards the sequence as a whole;
  * the drop itself is `Subscriber.offer` returning early once a subscription is deactivated.
  */
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { appendRun, type Cluster, mintToken, startCluster } from "../support/Cluster.ts"
+import { assert, describe, it } from "@effect/vitest"
+import { appendRun, clusterForFile, mintToken } from "../support/Cluster.ts"
 import { type Frame, WsClient } from "../support/WsClient.ts"
 
-let cluster: Cluster
-
-beforeAll(async () => {
-  cluster = await startCluster(1)
-}, 120_000)
-afterAll(async () => {
-  await cluster?.close()
-})
+const cluster = clusterForFile(1)
 
 describe("resubscribe", () => {
   it("no stray or duplicate entries across unsubscribe/resubscribe", async () => {

@@ -3,19 +3,12 @@
  * continuously while clients connect, drop at random points and resume from their last applied
  * seq; every client must end with exactly the topic's seq sequence 1..head, no gap, no duplicate.
  */
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { appendRun, type Cluster, httpJson, mintToken, startCluster } from "../support/Cluster.ts"
+import { assert, describe, it } from "@effect/vitest"
+import { appendRun, clusterForFile, httpJson, mintToken } from "../support/Cluster.ts"
 import { WsClient } from "../support/WsClient.ts"
 import type { Subprotocol } from "../../src/domain/Protocol.ts"
 
-let cluster: Cluster
-
-beforeAll(async () => {
-  cluster = await startCluster(2)
-}, 120_000)
-afterAll(async () => {
-  await cluster?.close()
-})
+const cluster = clusterForFile(2)
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 

@@ -3,19 +3,12 @@
  * while a healthy subscriber of the same topic keeps receiving everything, and the evicted one
  * can resume from its watermark without loss.
  */
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { assert, describe, it } from "@effect/vitest"
 import type { Socket } from "node:net"
-import { appendRun, ADMIN_TOKEN, type Cluster, httpJson, mintToken, startCluster } from "../support/Cluster.ts"
+import { ADMIN_TOKEN, appendRun, clusterForFile, httpJson, mintToken } from "../support/Cluster.ts"
 import { WsClient } from "../support/WsClient.ts"
 
-let cluster: Cluster
-
-beforeAll(async () => {
-  cluster = await startCluster(1, { outboundQueueMaxBytes: 64 * 1024, slowConsumerGraceMs: 300 })
-}, 120_000)
-afterAll(async () => {
-  await cluster?.close()
-})
+const cluster = clusterForFile(1, { outboundQueueMaxBytes: 64 * 1024, slowConsumerGraceMs: 300 })
 
 describe("slow consumer", () => {
   it("is evicted without slowing a healthy subscriber of the same topic", async () => {
