@@ -15,12 +15,12 @@
 import { Effect, Metric, Schema } from "effect"
 import type { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
-import { ApiError, apiError } from "../domain/ApiError.ts"
+import { ApiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
 import type { ItemAnswer } from "./CommandGroups.ts"
 import { type CommandResult, type CommandRunner, entryTooLarge } from "./CommandRunner.ts"
 import type { EventRow } from "./EventStore.ts"
-import type { EntityKind, IdempotencyScope } from "./Idempotency.ts"
+import { type EntityKind, type IdempotencyScope, keyReused } from "./Idempotency.ts"
 import { type Journal, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 import { commandsTotal } from "./Metrics.ts"
 import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
@@ -94,14 +94,7 @@ export class KeyLedger {
     const k = keyOf(scope.entityId, scope.key)
     const prior = this.stored.get(k) ?? this.batch.get(k)
     if (prior === undefined) return undefined
-    if (prior.hash !== scope.requestHash) {
-      return {
-        _tag: "rejected",
-        error: apiError("idempotency_key_reused", "this idempotency_key was used with a different request", {
-          idempotency_key: scope.key
-        })
-      }
-    }
+    if (prior.hash !== scope.requestHash) return { _tag: "rejected", error: keyReused(scope.key) }
     return "response" in prior ? { _tag: "replayStored", body: prior.response } : { _tag: "replayItem", index: prior.index }
   }
 

@@ -20,6 +20,10 @@ export interface IdempotencyScope {
   readonly requestHash: string
 }
 
+/** The 409 of a key used again with a different request (a command alone and a batch answer it alike). */
+export const keyReused = (key: string) =>
+  apiError("idempotency_key_reused", "this idempotency_key was used with a different request", { idempotency_key: key })
+
 /** Hash of a command and its body, without the key itself. */
 export const requestHash = (command: string, body: Record<string, unknown>) => {
   const { idempotency_key: _key, ...rest } = body
@@ -51,11 +55,7 @@ export class Idempotency extends Context.Service<Idempotency, {
             Effect.flatMap(([row]) => {
               if (!row) return Effect.succeed(undefined)
               if (row.request_hash !== scope.requestHash) {
-                return Effect.fail(
-                  apiError("idempotency_key_reused", "this idempotency_key was used with a different request", {
-                    idempotency_key: scope.key
-                  })
-                )
+                return Effect.fail(keyReused(scope.key))
               }
               return Effect.succeed(row.response)
             })

@@ -102,6 +102,9 @@ export const validateRunEvent = (runId: string, raw: unknown, nowMs: number) =>
     return { runId, type, payload, body, occurredAtMs, scope } satisfies ValidRunEvent
   })
 
+/** The 404 of a command on a run that does not exist (a command alone and a batch answer it alike). */
+export const runNotFound = (runId: string) => apiError("run_not_found", `run ${runId} does not exist`, { run_id: runId })
+
 /**
  * The lifecycle rules of an existing run (SPEC §2): a second `run.created` is 409
  * `run_already_exists` (`createdNow`: this very command created the row); any event after a
@@ -153,7 +156,7 @@ export class RunCommands extends Context.Service<RunCommands, {
               ? yield* store.insertRun(runId, body.owner_user_id!, occurredAtMs)
               : undefined
             const run = created ?? (yield* store.lockRun(runId))
-            if (!run) return yield* apiError("run_not_found", `run ${runId} does not exist`, { run_id: runId })
+            if (!run) return yield* runNotFound(runId)
             return yield* idempotency.guard(
               scope,
               Effect.gen(function*() {
@@ -200,7 +203,7 @@ export class RunCommands extends Context.Service<RunCommands, {
       const get = Effect.fn("RunCommands.get")(function*(runId: string) {
         yield* checkId("run_id", runId)
         const doc = yield* orInternal(readModels.runSummary(runId))
-        if (!doc) return yield* apiError("run_not_found", `run ${runId} does not exist`, { run_id: runId })
+        if (!doc) return yield* runNotFound(runId)
         return runSummaryJson(doc.doc) as JsonObject
       })
 

@@ -26,7 +26,7 @@ import { toRunRecord } from "./EventStore.ts"
 import { Journal } from "./Journal.ts"
 import { runProjectionSpec } from "./Projector.ts"
 import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
-import { lifecycleRejection, validateRunEvent, type ValidRunEvent } from "./RunCommands.ts"
+import { lifecycleRejection, runNotFound, validateRunEvent, type ValidRunEvent } from "./RunCommands.ts"
 
 /** Most events one batch may carry. */
 export const MAX_BATCH_EVENTS = 1000
@@ -142,10 +142,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
               createdNow = true
             }
             if (!run || !run.exists) {
-              return {
-                _tag: "rejected",
-                error: apiError("run_not_found", `run ${e.runId} does not exist`, { run_id: e.runId })
-              }
+              return { _tag: "rejected", error: runNotFound(e.runId) }
             }
             const seen = keys.check(e.scope)
             if (seen) return seen
