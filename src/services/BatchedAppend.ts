@@ -109,6 +109,9 @@ export class KeyLedger {
 /** How one entity kind's events are stored and projected. */
 export interface EventKind<Doc> {
   readonly stream: "runs" | "workers"
+  /** Its authority event table and that table's entity id column. */
+  readonly table: "runtime.run_events" | "runtime.codex_worker_events"
+  readonly idColumn: "run_id" | "worker_id"
   /** How a stored event row projects. */
   readonly spec: (entityId: string, ownerUserId: string, row: EventRow) => ProjectionSpec<Doc>
   readonly decode: (bytes: Uint8Array) => Doc
@@ -118,7 +121,8 @@ export interface EventKind<Doc> {
  * Appends every accepted event (outcomes that are `append`): owner ordinals, the events (read
  * back, so the projector sees what a replay will), projection in item order, journal entries,
  * documents and checkpoints. Returns each item's topic seqs (by item index), the batch's heads,
- * and the entities whose events were appended. An oversized entry fails with `ItemTooLarge`.
+ * and the entities whose events were appended (each once, in item order). An oversized entry fails
+ * with `ItemTooLarge`.
  */
 export const appendEvents = <Doc>(
   sql: SqlClient.SqlClient,
@@ -128,7 +132,11 @@ export const appendEvents = <Doc>(
   requestIds: (i: number) => string | undefined,
   now: number
 ): Effect.Effect<
-  { readonly itemTopicSeqs: ReadonlyArray<TopicSeqs | undefined>; readonly topicSeqs: TopicSeqs; readonly appended: number },
+  {
+    readonly itemTopicSeqs: ReadonlyArray<TopicSeqs | undefined>
+    readonly topicSeqs: TopicSeqs
+    readonly entities: ReadonlyArray<string>
+  },
   SqlError | ItemTooLarge
 > =>
   Effect.gen(function*() {
@@ -138,7 +146,7 @@ export const appendEvents = <Doc>(
     })
     const itemTopicSeqs = new Array<TopicSeqs | undefined>(outcomes.length)
     const topicSeqs: TopicSeqs = {}
-    if (appends.length === 0) return { itemTopicSeqs, topicSeqs, appended: 0 }
+    if (appends.length === 0) return { itemTopicSeqs, topicSeqs, entities: [] }
 
     // Owner ordinals (owner order), then every event in one statement, read back.
     const perOwner = new Map<string, number>()
@@ -176,18 +184,13 @@ export const appendEvents = <Doc>(
       cols.occurredAtMs[k] = a.occurredAtMs
       cols.requestId[k] = requestIds(i) ?? null
     })
-    const values = sql`
+    const idColumn = sql.literal(kind.idColumn)
+    const rows = yield* sql<EventRow & { entity_id: string }>`
+      INSERT INTO ${sql.literal(kind.table)} (${idColumn}, seq, owner_ordinal, type, payload, occurred_at, request_id)
       SELECT * FROM unnest(${textArray(cols.entityId)}, ${int8Array(cols.seq)}, ${int8Array(cols.ordinal)},
                            ${textArray(cols.type)}, ${textArray(cols.payload)}::jsonb[], ${timestamptzArray(cols.occurredAtMs)},
-                           ${textArray(cols.requestId)})`
-    const rows = yield* (kind.stream === "runs"
-      ? sql<EventRow & { entity_id: string }>`
-          INSERT INTO runtime.run_events (run_id, seq, owner_ordinal, type, payload, occurred_at, request_id) ${values}
-          RETURNING run_id AS entity_id, seq, type, payload::text AS payload, occurred_at`
-      : sql<EventRow & { entity_id: string }>`
-          INSERT INTO runtime.codex_worker_events (worker_id, seq, owner_ordinal, type, payload, occurred_at, request_id)
-          ${values}
-          RETURNING worker_id AS entity_id, seq, type, payload::text AS payload, occurred_at`)
+                           ${textArray(cols.requestId)})
+      RETURNING ${idColumn} AS entity_id, seq, type, payload::text AS payload, occurred_at`
     const stored = new Map<string, EventRow>()
     for (const r of rows) stored.set(`${r.entity_id}:${r.seq}`, r)
 
@@ -228,7 +231,7 @@ export const appendEvents = <Doc>(
     // Final documents (changed ones) and checkpoints: one statement each.
     yield* upsertDocuments(sql, set.documents)
     yield* upsertCheckpoints(sql, set.checkpoints)
-    return { itemTopicSeqs, topicSeqs, appended: n }
+    return { itemTopicSeqs, topicSeqs, entities: [...new Set(cols.entityId)] }
   })
 
 /**
@@ -271,11 +274,10 @@ export const answersOf = (
     return results
   })
 
-/** What a batch transaction answers: per item, the batch's topic heads, the events appended. */
+/** What a batch transaction answers: per item, and the batch's topic heads. */
 export interface BatchResult {
   readonly results: ReadonlyArray<ItemAnswer>
   readonly topicSeqs: TopicSeqs
-  readonly appended: number
 }
 
 /**

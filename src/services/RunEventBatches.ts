@@ -50,6 +50,8 @@ interface RunState {
 /** How run events are stored and projected (BatchedAppend). */
 const RUN_EVENTS: EventKind<RunSummary> = {
   stream: "runs",
+  table: "runtime.run_events",
+  idColumn: "run_id",
   spec: (runId, ownerUserId, row) => runProjectionSpec(toRunRecord(runId, ownerUserId)(row)),
   decode: decodeRunSummary
 }
@@ -165,7 +167,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
           const appended = yield* appendEvents(sql, journal, RUN_EVENTS, outcomes, requestIds, now)
 
           // 9. The run rows' state.
-          const ids = [...new Set(outcomes.flatMap((o) => o._tag === "append" ? [o.entityId] : []))]
+          const ids = appended.entities
           if (ids.length > 0) {
             yield* sql`
               UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq
@@ -180,7 +182,7 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             seq: a.seq,
             topic_seqs: appended.itemTopicSeqs[i] ?? {}
           }))
-          return { results, topicSeqs: appended.topicSeqs, appended: appended.appended }
+          return { results, topicSeqs: appended.topicSeqs }
         })
 
       /** Commits `items` (validated, or already refused) in one transaction labelled `command`. */

@@ -45,6 +45,8 @@ export interface WorkerGroupItem {
 /** How worker events are stored and projected (BatchedAppend). */
 const WORKER_EVENTS: EventKind<CodexWorkerSummary> = {
   stream: "workers",
+  table: "runtime.codex_worker_events",
+  idColumn: "worker_id",
   spec: (workerId, ownerUserId, row) => workerProjectionSpec(toWorkerRecord(workerId, ownerUserId)(row)),
   decode: decodeWorkerSummary
 }
@@ -139,7 +141,7 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
           const appended = yield* appendEvents(sql, journal, WORKER_EVENTS, outcomes, (i) => items[i]!.requestId, now)
 
           // 5. The worker rows: status, seq, and the latest heartbeat (never moved back).
-          const changed = [...new Set(outcomes.flatMap((o) => o._tag === "append" ? [o.entityId] : []))]
+          const changed = appended.entities
           if (changed.length > 0) {
             yield* sql`
               UPDATE runtime.codex_workers w SET status = x.status, last_seq = x.last_seq,
@@ -157,7 +159,7 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
             seq: a.seq,
             topic_seqs: appended.itemTopicSeqs[i] ?? {}
           }))
-          return { results, topicSeqs: appended.topicSeqs, appended: appended.appended }
+          return { results, topicSeqs: appended.topicSeqs }
         })
 
       const commitGroup = (group: ReadonlyArray<WorkerGroupItem>, now: number) =>
