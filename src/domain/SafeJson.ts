@@ -130,24 +130,31 @@ export const parseJson = (text: string): JsonValue =>
   text.includes("\\") ? parseSlow(text) : (JSON.parse(text) as JsonValue)
 
 /**
- * True if `value` nests at most `max` levels of objects and arrays (a scalar is depth 0, `{}` 1).
- * Stops descending past `max`, so its own recursion is bounded whatever it is given.
+ * The first reason found (in key order) why `value` cannot be stored: objects and arrays nested
+ * deeper than `maxDepth` levels (a scalar is depth 0, `{}` 1), or a string or key Postgres cannot
+ * store (`jsonb`/`text`: a NUL, a lone surrogate); `undefined` if none. One walk, which never
+ * descends past `maxDepth`, so its own recursion is bounded whatever it is given.
  */
-export const nestsWithin = (value: unknown, max: number): boolean => {
-  if (typeof value !== "object" || value === null) return true
-  if (max <= 0) return false
-  for (const v of Array.isArray(value) ? value : Object.values(value)) if (!nestsWithin(v, max - 1)) return false
-  return true
+export const jsonProblem = (value: unknown, maxDepth: number): "too_deep" | "unstorable" | undefined => {
+  if (typeof value === "string") return isStorableString(value) ? undefined : "unstorable"
+  if (typeof value !== "object" || value === null) return undefined
+  if (maxDepth <= 0) return "too_deep"
+  if (Array.isArray(value)) {
+    for (const v of value) {
+      const problem = jsonProblem(v, maxDepth - 1)
+      if (problem) return problem
+    }
+    return undefined
+  }
+  for (const [k, v] of Object.entries(value)) {
+    if (!isStorableString(k)) return "unstorable"
+    const problem = jsonProblem(v, maxDepth - 1)
+    if (problem) return problem
+  }
+  return undefined
 }
 
 /** True if every string and key can be stored by Postgres (`jsonb`/`text`): no NUL, no lone surrogate. */
-export const isStorableJson = (value: unknown): boolean => {
-  if (typeof value === "string") return isStorableString(value)
-  if (Array.isArray(value)) return value.every(isStorableJson)
-  if (typeof value === "object" && value !== null) {
-    for (const [k, v] of Object.entries(value)) if (!isStorableString(k) || !isStorableJson(v)) return false
-  }
-  return true
-}
+export const isStorableJson = (value: unknown): boolean => jsonProblem(value, Number.POSITIVE_INFINITY) === undefined
 
 export const isStorableString = (s: string): boolean => !s.includes("\u0000") && s.isWellFormed()

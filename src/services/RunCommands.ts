@@ -16,7 +16,7 @@ import { ApiError, apiError } from "../domain/ApiError.ts"
 import { runSummaryJson } from "../domain/Documents.ts"
 import { isValidId } from "../domain/Ids.ts"
 import { isJsonObject, type JsonObject } from "../domain/Json.ts"
-import { isStorableJson, isStorableString, nestsWithin } from "../domain/SafeJson.ts"
+import { isStorableString, jsonProblem } from "../domain/SafeJson.ts"
 import { isRunEventType, RUN_EVENT_TYPES, type RunEventType, TERMINAL_RUN_STATUSES } from "../domain/RunProjection.ts"
 import { makeCommandGroups } from "./CommandGroups.ts"
 import { CommandRunner, type CommandResult, decodeBody, occurredAt, orInternal } from "./CommandRunner.ts"
@@ -53,16 +53,20 @@ export const checkId = (what: string, id: string) =>
  */
 export const MAX_PAYLOAD_DEPTH = 32
 
-export const checkPayload = (payload: unknown): Effect.Effect<JsonObject, ApiError> =>
-  payload === undefined
-    ? Effect.succeed({})
-    : !isJsonObject(payload)
-    ? Effect.fail(apiError("invalid_request", "payload must be a JSON object"))
-    : !nestsWithin(payload, MAX_PAYLOAD_DEPTH)
-    ? Effect.fail(apiError("invalid_request", `payload must not nest deeper than ${MAX_PAYLOAD_DEPTH} levels`))
-    : !isStorableJson(payload)
-    ? Effect.fail(apiError("invalid_request", "payload strings and keys must not contain NUL characters or lone surrogates"))
-    : Effect.succeed(payload)
+export const checkPayload = (payload: unknown): Effect.Effect<JsonObject, ApiError> => {
+  if (payload === undefined) return Effect.succeed({})
+  if (!isJsonObject(payload)) return Effect.fail(apiError("invalid_request", "payload must be a JSON object"))
+  switch (jsonProblem(payload, MAX_PAYLOAD_DEPTH)) {
+    case "too_deep":
+      return Effect.fail(apiError("invalid_request", `payload must not nest deeper than ${MAX_PAYLOAD_DEPTH} levels`))
+    case "unstorable":
+      return Effect.fail(
+        apiError("invalid_request", "payload strings and keys must not contain NUL characters or lone surrogates")
+      )
+    case undefined:
+      return Effect.succeed(payload)
+  }
+}
 
 /** A run event that passed request validation (shape, ids, type, payload, timestamps). */
 export interface ValidRunEvent {

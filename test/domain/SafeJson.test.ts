@@ -1,6 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Schema } from "effect"
-import { isStorableJson, parseJson } from "../../src/domain/SafeJson.ts"
+import { isStorableJson, jsonProblem, parseJson } from "../../src/domain/SafeJson.ts"
 
 describe("SafeJson", () => {
   it("decodes escaped keys correctly even after JSON.parse saw a key ending in a backslash", () => {
@@ -46,5 +46,20 @@ describe("SafeJson", () => {
     assert.isFalse(isStorableJson({ a: "x\u0000" }))
     assert.isFalse(isStorableJson({ "k\u0000": 1 }))
     assert.isFalse(isStorableJson(["\ud800"]))
+  })
+
+  it("finds a payload's first problem in one walk bounded by the depth limit", () => {
+    const nest = (levels: number): unknown => (levels === 0 ? 1 : { a: nest(levels - 1) })
+    assert.isUndefined(jsonProblem(nest(3), 3))
+    assert.strictEqual(jsonProblem(nest(4), 3), "too_deep")
+    assert.strictEqual(jsonProblem([[[[]]]], 3), "too_deep")
+    assert.isUndefined(jsonProblem("x", 0))
+    assert.strictEqual(jsonProblem({ a: "\u0000", b: nest(9) }, 3), "unstorable")
+    assert.strictEqual(jsonProblem({ b: nest(9), a: "\u0000" }, 3), "too_deep")
+    assert.strictEqual(jsonProblem({ ["k\ud800"]: 1 }, 3), "unstorable")
+    // far deeper than any stack could recurse: the walk stops at the limit
+    let deep: unknown = 1
+    for (let i = 0; i < 100_000; i++) deep = [deep]
+    assert.strictEqual(jsonProblem(deep, 32), "too_deep")
   })
 })
