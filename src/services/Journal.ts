@@ -220,22 +220,25 @@ export class Journal extends Context.Service<Journal, {
         }
         const encodeBodyOnce = bodyEncoder()
         const hashes = new Map<EncodedBody, Uint8Array>()
-        // Encoded in input order, so the first oversized draft found is the earliest (a batch
-        // refuses that item and is judged again without it; a later item's entry may be oversized
-        // only because of an earlier one's, e.g. a worker summary carrying an error message).
-        const nextSeq = new Map<string, number>()
+        // Rows go in topic order (a topic's entries of one append sit together in the table's
+        // pages): draft i is row `rowOf[i]`, and its seq follows its topic's earlier drafts.
+        const rowOf = new Array<number>(n)
+        let row = 0
         for (const [topic, indexes] of byTopic) {
           const head = heads.get(topic)!
           topicSeqs[topic] = head
-          nextSeq.set(topic, head - indexes.length + 1)
+          indexes.forEach((i, k) => {
+            rowOf[i] = row++
+            seqs[i] = head - indexes.length + 1 + k
+          })
         }
-        const encodedOf = new Array<{ readonly pb: Uint8Array; readonly json: string; readonly md5: Uint8Array }>(n)
+        // Encoded in input order, so the first oversized draft found is the earliest (a batch
+        // refuses that item and is judged again without it; a later item's entry may be oversized
+        // only because of an earlier one's, e.g. a worker summary carrying an error message).
         const tooLarge: Array<{ readonly draft: number; readonly bytes: number }> = []
         for (let i = 0; i < n; i++) {
           const d = drafts[i]!
-          const seq = nextSeq.get(d.topic)!
-          nextSeq.set(d.topic, seq + 1)
-          seqs[i] = seq
+          const seq = seqs[i]!
           const body = encodeBodyOnce(d.body, d.bodyPb)
           const encoded = encodeUpdate({
             seq,
@@ -256,7 +259,16 @@ export class Journal extends Context.Service<Journal, {
             md5 = bodyMd5(body!.pb)
             hashes.set(body!, md5)
           }
-          encodedOf[i] = { pb: encoded.pb, json: encoded.json, md5 }
+          const r = rowOf[i]!
+          cols.topic[r] = d.topic
+          cols.seq[r] = BigInt(seq)
+          cols.kind[r] = d.kind
+          cols.docKey[r] = d.docKey
+          cols.docVersion[r] = BigInt(d.docVersion)
+          cols.occurredAtMs[r] = d.occurredAtMs
+          cols.bodyMd5[r] = md5
+          cols.pb[r] = encoded.pb
+          cols.json[r] = encoded.json
         }
         // Every oversized draft is reported (the first one is the error's `draft`), so a batch can
         // refuse all the items that are oversized whatever comes before them in one retry.
@@ -270,28 +282,14 @@ export class Journal extends Context.Service<Journal, {
             others
           })
         }
-        // Rows in topic order: a topic's entries of one append sit together in the table's pages.
-        let row = 0
-        for (const [topic, indexes] of byTopic) {
-          for (const i of indexes) {
-            const d = drafts[i]!
-            const e = encodedOf[i]!
-            cols.topic[row] = topic
-            cols.seq[row] = BigInt(seqs[i]!)
-            cols.kind[row] = d.kind
-            cols.docKey[row] = d.docKey
-            cols.docVersion[row] = BigInt(d.docVersion)
-            cols.occurredAtMs[row] = d.occurredAtMs
-            cols.bodyMd5[row] = e.md5
-            cols.pb[row] = e.pb
-            cols.json[row] = e.json
-            row++
-            if (pending) {
-              const list = pending.topics.get(topic)
-              const entry = { seq: seqs[i]!, pb: e.pb, json: e.json }
-              if (list) list.push(entry)
-              else pending.topics.set(topic, [entry])
-            }
+        // The entries for this node's actors, per topic in seq order (the rows' order).
+        if (pending) {
+          for (let r = 0; r < n; r++) {
+            const topic = cols.topic[r]!
+            const entry = { seq: Number(cols.seq[r]), pb: cols.pb[r]!, json: cols.json[r]! }
+            const list = pending.topics.get(topic)
+            if (list) list.push(entry)
+            else pending.topics.set(topic, [entry])
           }
         }
         yield* sql`
