@@ -106,12 +106,15 @@ export class KeyLedger {
   }
 }
 
+/** Each stream's authority event table and that table's entity id column. */
+const EVENT_TABLES = {
+  runs: { table: "runtime.run_events", idColumn: "run_id" },
+  workers: { table: "runtime.codex_worker_events", idColumn: "worker_id" }
+} as const
+
 /** How one entity kind's events are stored and projected. */
 export interface EventKind<Doc> {
   readonly stream: "runs" | "workers"
-  /** Its authority event table and that table's entity id column. */
-  readonly table: "runtime.run_events" | "runtime.codex_worker_events"
-  readonly idColumn: "run_id" | "worker_id"
   /** How a stored event row projects. */
   readonly spec: (entityId: string, ownerUserId: string, row: EventRow) => ProjectionSpec<Doc>
   readonly decode: (bytes: Uint8Array) => Doc
@@ -184,13 +187,13 @@ export const appendEvents = <Doc>(
       cols.occurredAtMs[k] = a.occurredAtMs
       cols.requestId[k] = requestIds(i) ?? null
     })
-    const idColumn = sql.literal(kind.idColumn)
+    const { table, idColumn } = EVENT_TABLES[kind.stream]
     const rows = yield* sql<EventRow & { entity_id: string }>`
-      INSERT INTO ${sql.literal(kind.table)} (${idColumn}, seq, owner_ordinal, type, payload, occurred_at, request_id)
+      INSERT INTO ${sql.literal(table)} (${sql.literal(idColumn)}, seq, owner_ordinal, type, payload, occurred_at, request_id)
       SELECT * FROM unnest(${textArray(cols.entityId)}, ${int8Array(cols.seq)}, ${int8Array(cols.ordinal)},
                            ${textArray(cols.type)}, ${textArray(cols.payload)}::jsonb[], ${timestamptzArray(cols.occurredAtMs)},
                            ${textArray(cols.requestId)})
-      RETURNING ${idColumn} AS entity_id, seq, type, payload::text AS payload, occurred_at`
+      RETURNING ${sql.literal(idColumn)} AS entity_id, seq, type, payload::text AS payload, occurred_at`
     const stored = new Map<string, EventRow>()
     for (const r of rows) stored.set(`${r.entity_id}:${r.seq}`, r)
 

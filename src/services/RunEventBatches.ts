@@ -50,8 +50,6 @@ interface RunState {
 /** How run events are stored and projected (BatchedAppend). */
 const RUN_EVENTS: EventKind<RunSummary> = {
   stream: "runs",
-  table: "runtime.run_events",
-  idColumn: "run_id",
   spec: (runId, ownerUserId, row) => runProjectionSpec(toRunRecord(runId, ownerUserId)(row)),
   decode: decodeRunSummary
 }

@@ -45,8 +45,6 @@ export interface WorkerGroupItem {
 /** How worker events are stored and projected (BatchedAppend). */
 const WORKER_EVENTS: EventKind<CodexWorkerSummary> = {
   stream: "workers",
-  table: "runtime.codex_worker_events",
-  idColumn: "worker_id",
   spec: (workerId, ownerUserId, row) => workerProjectionSpec(toWorkerRecord(workerId, ownerUserId)(row)),
   decode: decodeWorkerSummary
 }
