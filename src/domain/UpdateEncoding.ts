@@ -20,6 +20,7 @@ import type { Update } from "../gen/openagents/sync/v1/frames_pb.ts"
 import type { Timestamp } from "@bufbuild/protobuf/wkt"
 import { documentJson } from "./DocumentJson.ts"
 import { encodeEventBody, type EventIdField } from "./EventBodyEncoding.ts"
+import { runSummaryBinary, runSummaryJsonText } from "./RunSummaryEncoding.ts"
 import type { JsonObject } from "./Json.ts"
 import { ScratchWriter, WIRE_LEN } from "./ScratchWriter.ts"
 import type { EncodedUpdate } from "./Protocol.ts"
@@ -53,7 +54,7 @@ const BODY_FIELDS = {
 const bodyBinary = (body: Update["body"]): Uint8Array => {
   switch (body.case) {
     case "runSummary":
-      return toBinary(RunSummarySchema, body.value)
+      return runSummaryBinary(body.value) ?? toBinary(RunSummarySchema, body.value)
     case "workerSummary":
       return toBinary(CodexWorkerSummarySchema, body.value)
     case "runEvent":
@@ -76,9 +77,9 @@ export const encodeBody = (body: Update["body"], pb?: Uint8Array): EncodedBody |
     : body.case === "workerEvent"
     ? eventBodyOf("worker_id", body.value.workerId, body.value)
     : undefined
-  return fast === undefined
-    ? { ...BODY_FIELDS[body.case], pb: pb ?? bodyBinary(body), json: JSON.stringify(documentJson(body)) }
-    : { ...BODY_FIELDS[body.case], ...fast }
+  if (fast !== undefined) return { ...BODY_FIELDS[body.case], ...fast }
+  const json = body.case === "runSummary" ? runSummaryJsonText(body.value) : undefined
+  return { ...BODY_FIELDS[body.case], pb: pb ?? bodyBinary(body), json: json ?? JSON.stringify(documentJson(body)) }
 }
 
 /** An event message through EventBodyEncoding's direct path, when its values fit it. */
