@@ -70,9 +70,17 @@ describe("EventBodyEncoding", () => {
   })
 
   it("timestamps render as protobuf-es renders them", () => {
-    for (const ms of [0, 1, 999, 1000, 1_733_456_789_012, LIMIT_MS]) {
+    const rand = seeded(9)
+    const day = 86_400_000
+    const times = [0, 1, 999, 1000, 59_999, 3_599_999, day - 1, day, 951_782_400_000, 1_733_456_789_012, LIMIT_MS]
+    // Random times, and runs of nearby ones (the per-day cache: same day, next day, back again).
+    for (let i = 0; i < 2000; i++) {
+      const t = Math.floor(rand() * LIMIT_MS)
+      times.push(t, Math.min(LIMIT_MS, t + Math.floor(rand() * 2 * day)), t, Math.max(0, t - Math.floor(rand() * 1000)))
+    }
+    for (const ms of times) {
       const json = toJson(RunEventSchema, create(RunEventSchema, { occurredAt: timestampFromMs(ms) }), { useProtoFieldName: true })
-      assert.strictEqual(timestampJson(ms), (json as { occurred_at: string }).occurred_at)
+      assert.strictEqual(timestampJson(ms), (json as { occurred_at: string }).occurred_at, String(ms))
     }
   })
 
