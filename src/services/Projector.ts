@@ -52,11 +52,19 @@ export interface ApplyOptions {
 
 export const SUMMARY_KIND = { run: "run.summary", worker: "worker.summary" } as const
 
-/** A document as stored: its version, content hash and decoded value. */
+/** A document as stored: its version, bytes, content hash and decoded value. */
 export interface StoredDoc<Doc> {
   readonly docVersion: number
+  readonly bytes: Uint8Array
+  /** sha256 (hex) recorded for `bytes` (a step's is computed when first read). */
   readonly hash: string
   readonly doc: Doc
+}
+
+const sameBytes = (a: Uint8Array, b: Uint8Array): boolean => {
+  if (a.byteLength !== b.byteLength) return false
+  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false
+  return true
 }
 
 /** How one entity kind projects: everything `projectStep` needs besides the previous document. */
@@ -77,7 +85,6 @@ export interface ProjectionSpec<Doc> {
 
 /** The outcome of applying one event to a document, before anything is written. */
 export interface ProjectionStep<Doc> extends StoredDoc<Doc> {
-  readonly bytes: Uint8Array
   readonly changed: boolean
   /** The event's entry, then a summary entry per summary topic if the content changed. */
   readonly drafts: ReadonlyArray<JournalDraft>
@@ -87,8 +94,12 @@ export interface ProjectionStep<Doc> extends StoredDoc<Doc> {
 export const projectStep = <Doc>(spec: ProjectionSpec<Doc>, prev: StoredDoc<Doc> | undefined): ProjectionStep<Doc> => {
   const doc = spec.project(prev?.doc)
   const bytes = spec.encode(doc)
-  const hash = sha256Hex(bytes)
-  const changed = hash !== prev?.hash
+  // Other bytes than the stored document's are another document. Equal bytes are compared by hash
+  // too: the hash recorded for a stored row is not necessarily its bytes' own (a row altered
+  // behind Khala's back). A step's hash is computed only when read (the last step of an entity
+  // per batch is stored with it): hashing every step was a few percent of the commit path.
+  let hash: string | undefined
+  const changed = prev === undefined || !sameBytes(bytes, prev.bytes) || (hash = sha256Hex(bytes)) !== prev.hash
   const docVersion = (prev?.docVersion ?? 0) + (changed ? 1 : 0)
   const drafts: Array<JournalDraft> = spec.eventDraft ? [spec.eventDraft] : []
   if (changed) {
@@ -104,7 +115,16 @@ export const projectStep = <Doc>(spec: ProjectionSpec<Doc>, prev: StoredDoc<Doc>
       })
     }
   }
-  return { doc, bytes, hash, changed, docVersion, drafts }
+  return {
+    doc,
+    bytes,
+    get hash() {
+      return (hash ??= sha256Hex(bytes))
+    },
+    changed,
+    docVersion,
+    drafts
+  }
 }
 
 /** The projection of one run event. */
@@ -241,7 +261,7 @@ export const projectSet = <Doc>(
       const r of yield* sql<{ doc_key: string; doc_version: bigint; document: Uint8Array; doc_hash: string }>`
       SELECT doc_key, doc_version, document, doc_hash FROM runtime.read_models
       WHERE doc_key = ANY(${textArray([...new Set(specs.map((s) => s.docKey))])})`
-    ) docs.set(r.doc_key, { docVersion: Number(r.doc_version), hash: r.doc_hash, doc: decode(r.document) })
+    ) docs.set(r.doc_key, { docVersion: Number(r.doc_version), bytes: r.document, hash: r.doc_hash, doc: decode(r.document) })
     // Per entity, in first-seen order: its last step, whether any step changed the document.
     const finals = new Map<string, { spec: ProjectionSpec<Doc>; step: ProjectionStep<Doc>; changed: boolean }>()
     specs.forEach((spec, i) => {
@@ -323,7 +343,7 @@ export class Projector extends Context.Service<Projector, {
           const step = projectStep(
             spec,
             prevRow
-              ? { docVersion: Number(prevRow.doc_version), hash: prevRow.doc_hash, doc: decode(prevRow.document) }
+              ? { docVersion: Number(prevRow.doc_version), bytes: prevRow.document, hash: prevRow.doc_hash, doc: decode(prevRow.document) }
               : undefined
           )
           // The checkpoint always; the read model only when its content changed — one statement.
