@@ -588,18 +588,61 @@ export class TopicActor {
     )
   }
 
+  /**
+   * The fiber-free path of `launch`: takes hand-overs of the actor's epoch that continue (or
+   * repeat) its head and delivers them as `onEntries` does, batched up to a frame's items. True
+   * if the mailbox was emptied (the actor is parked again); false when the first message left
+   * needs the fiber (it stays in the mailbox).
+   */
+  private deliverHandOvers(): boolean {
+    if (!this.initialized || this.shut || this.carry !== undefined) return false
+    const out: Array<StoredEntry> = []
+    while (true) {
+      const m = this.mailboxHead < this.mailbox.length ? this.mailbox[this.mailboxHead]! : undefined
+      if (m === undefined) break
+      if (m._tag !== "Entries" || m.epoch !== this.epoch || m.entries[0]!.seq > this.head + 1) {
+        this.deliver(out)
+        return false
+      }
+      this.take()
+      const entries = m.entries
+      const last = entries[entries.length - 1]!.seq
+      if (last > this.head) {
+        const fresh = entries[0]!.seq > this.head ? entries : entries.filter((e) => e.seq > this.head)
+        this.head = last
+        this.pushRing(fresh)
+        for (const e of fresh) out.push(e)
+      }
+      if (out.length >= this.env.settings.maxItemsPerFrame) this.deliver(out.splice(0))
+    }
+    this.deliver(out)
+    // A delivery may have queued a message (an evicted subscriber's leave): the fiber takes it.
+    if (this.queueDepth > 0) return false
+    if (this.refCount === 0) {
+      const timers = this.env.timers
+      this.retireAt = timers.schedule(timers.now() + this.env.idleTtlMs, () => this.retireIfIdle())
+    }
+    this.parked = true
+    return true
+  }
+
   /** `launch` threw (a bug): the actor is over, as if its fiber had died of the defect. */
   launchFailed(defect: unknown): void {
     this.failed(Cause.die(defect))
   }
 
-  /** Starts a fiber that handles the mailbox (at the start, and when a parked actor is woken). */
+  /**
+   * Handles the mailbox of a woken (or new) actor: hand-overs that continue its head are
+   * delivered right here; a fiber is started only for what needs effects (a first read, a join,
+   * a notification, a resync, a gap to read from the journal, another epoch's entries).
+   */
   launch(): void {
     // A message came before the retirement deadline: the actor goes on.
     if (this.retireAt !== undefined) {
       this.env.timers.cancel(this.retireAt)
       this.retireAt = undefined
     }
+    if (this.deliverHandOvers()) return
     const launched = { parked: false }
     const fiber = Fiber.runIn(Effect.runForkWith(this.env.context)(this.run(launched)), this.env.scope)
     fiber.addObserver((exit) => {

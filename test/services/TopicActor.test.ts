@@ -263,6 +263,37 @@ describe("TopicActor", () => {
       yield* close
     }))
 
+  it.live("a parked actor delivers hand-overs without a fiber: overlaps and repeats once, a gap or another epoch through the fiber", () =>
+    Effect.gen(function*() {
+      const { fake, actor, a, close } = yield* joinedActor(16)
+      const reads = () => fake.reads
+      const handOver = (epoch: string, ...seqs: Array<number>) =>
+        actor.offer({ _tag: "Entries", epoch, entries: seqs.map((s) => entry(s)) })
+      for (const seq of [1, 2, 3, 4, 5, 6]) fake.append("t", seq)
+      const parked = () => (actor as unknown as { parked: boolean }).parked
+      yield* eventually(parked, "the actor parked after the join")
+      const before = reads()
+      // Several hand-overs queued in one turn (one frame), a repeat and an overlap among them.
+      assert.isTrue(handOver(EPOCH, 1, 2))
+      assert.isTrue(handOver(EPOCH, 2))
+      assert.isTrue(handOver(EPOCH, 2, 3, 4))
+      yield* eventually(() => a.seqs.length === 4, "1…4 delivered")
+      assert.strictEqual(reads(), before, "hand-overs that continue the head need no journal read")
+      // A gap (6 before 5 was handed over): read from the journal, in order, once.
+      yield* eventually(parked, "parked again")
+      assert.isTrue(handOver(EPOCH, 6))
+      yield* eventually(() => a.seqs.length === 6, "5 and 6 delivered")
+      assert.isAbove(reads(), before)
+      assert.strictEqual(actor.headSeq, 6)
+      // Entries of another epoch are never delivered as ours.
+      fake.rebuild("epoch-2", "t", ["new1"])
+      yield* eventually(parked, "parked again")
+      assert.isTrue(handOver("epoch-2", 1))
+      yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
+      assert.deepStrictEqual(a.seqs, [1, 2, 3, 4, 5, 6])
+      yield* close
+    }))
+
   it.live("a message between a fiber parking and its exit neither loses the actor nor its wake-up", () =>
     Effect.gen(function*() {
       /** Yields once, right after the actor parked, and injects a message while that fiber is suspended. */
