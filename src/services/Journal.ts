@@ -109,6 +109,83 @@ export interface ReplayPage {
   readonly more: boolean
 }
 
+/**
+ * A replay page as kept in memory: its entries' encodings (one subprotocol's) packed into one
+ * buffer or one string, with each entry's seq offset and end. A cached page is a handful of
+ * objects instead of a few per entry (which every scavenge of a replay had to copy and promote,
+ * and every major GC to mark); readers get short-lived views (`unpackAfter`).
+ */
+interface PackedPage {
+  readonly epoch: string
+  readonly first: number
+  readonly count: number
+  /** Entry i is seq `first + offsets[i]`, ascending. */
+  readonly offsets: Uint16Array
+  /** Entry i ends at `ends[i]` (bytes of `pb`, or UTF-16 units of `json`); it starts where i − 1 ends. */
+  readonly ends: Int32Array
+  readonly pb: Uint8Array | undefined
+  readonly json: string | undefined
+  /** Memory accounted for in the page cache. */
+  readonly bytes: number
+}
+
+const NO_BYTES = new Uint8Array(0)
+
+/** Packs a page's slots (slot k = seq first + k; holes where the journal has no entry). */
+const packPage = (epoch: string, first: number, slots: ReadonlyArray<Uint8Array | string | undefined>): PackedPage => {
+  let count = 0
+  let size = 0
+  let binary = true
+  for (let k = 0; k < slots.length; k++) {
+    const item = slots[k]
+    if (item === undefined) continue
+    count++
+    if (typeof item === "string") {
+      binary = false
+      size += item.length
+    } else size += item.byteLength
+  }
+  const offsets = new Uint16Array(count)
+  const ends = new Int32Array(count)
+  const pb = binary ? new Uint8Array(size) : undefined
+  const parts: Array<string> = []
+  let i = 0
+  let at = 0
+  for (let k = 0; k < slots.length; k++) {
+    const item = slots[k]
+    if (item === undefined) continue
+    offsets[i] = k
+    if (typeof item === "string") {
+      parts.push(item)
+      at += item.length
+    } else {
+      pb!.set(item, at)
+      at += item.byteLength
+    }
+    ends[i++] = at
+  }
+  const json = binary ? undefined : parts.join("")
+  return { epoch, first, count, offsets, ends, pb, json, bytes: 256 + 6 * count + (binary ? size : 2 * size) }
+}
+
+/** The entries of a packed page after `afterSeq`, as views into it, and whether more may follow. */
+const unpackAfter = (page: PackedPage, afterSeq: number): ReplayPage => {
+  const { offsets, ends, pb, json, first, count } = page
+  let i = 0
+  while (i < count && first + offsets[i]! <= afterSeq) i++
+  const entries: Array<StoredEntry> = new Array(count - i)
+  for (let j = 0; i < count; i++, j++) {
+    const start = i === 0 ? 0 : ends[i - 1]!
+    const seq = first + offsets[i]!
+    entries[j] = pb !== undefined
+      ? { seq, pb: pb.subarray(start, ends[i]!), json: "" }
+      : { seq, pb: NO_BYTES, json: json!.slice(start, ends[i]!) }
+  }
+  // More may follow when the page is filled up to its last seq.
+  const more = count > 0 && offsets[count - 1] === REPLAY_PAGE - 1
+  return { entries, more }
+}
+
 /** `{topic: last seq appended to it}` for one command. */
 export type TopicSeqs = Record<string, number>
 
@@ -341,22 +418,20 @@ export class Journal extends Context.Service<Journal, {
         )
 
       // ---- replay pages: an LRU of complete pages (Map order = recency) and the reads in flight
-      const pageCache = new Map<string, { readonly entries: ReadonlyArray<StoredEntry>; readonly bytes: number }>()
+      const pageCache = new Map<string, PackedPage>()
       let pageCacheBytes = 0
-      const inFlight = new Map<string, Deferred.Deferred<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>>()
-      const remember = (key: string, entries: ReadonlyArray<StoredEntry>, encoding: "pb" | "json") => {
-        let bytes = 64 * entries.length
-        for (const e of entries) bytes += encoding === "pb" ? e.pb.byteLength : e.json.length * 2
-        if (bytes > replayCacheBytes) return
-        pageCache.set(key, { entries, bytes })
-        pageCacheBytes += bytes
+      const inFlight = new Map<string, Deferred.Deferred<PackedPage, SqlError>>()
+      const remember = (key: string, page: PackedPage) => {
+        if (page.bytes > replayCacheBytes) return
+        pageCache.set(key, page)
+        pageCacheBytes += page.bytes
         for (const [k, v] of pageCache) {
           if (pageCacheBytes <= replayCacheBytes) break
           pageCache.delete(k)
           pageCacheBytes -= v.bytes
         }
       }
-      const readPageRows = (topic: string, first: number, encoding: "pb" | "json") => {
+      const readPage = (topic: string, first: number, encoding: "pb" | "json") => {
         const last = first + REPLAY_PAGE - 1
         // The page is a seq range (see `read` for why never `seq >= first … LIMIT`) of plain rows,
         // unordered: each entry goes to its slot by seq, so Postgres sorts nothing (an ordered
@@ -372,22 +447,13 @@ export class Journal extends Context.Service<Journal, {
           WHERE topic = ${topic} AND seq BETWEEN ${first} AND ${last}`.pipe(
           Effect.map((result) => {
             let epoch = ""
-            const slots: Array<StoredEntry | undefined> = new Array(REPLAY_PAGE)
-            let n = 0
+            const slots: Array<Uint8Array | string | undefined> = new Array(REPLAY_PAGE)
             for (const r of result) {
               const seq = Number(r.seq)
-              if (seq === 0) {
-                epoch = typeof r.item === "string" ? r.item : utf8Decoder.decode(r.item)
-                continue
-              }
-              slots[seq - first] = encoding === "pb"
-                ? { seq, pb: r.item as Uint8Array, json: "" }
-                : { seq, pb: EMPTY, json: r.item as string }
-              n++
+              if (seq === 0) epoch = typeof r.item === "string" ? r.item : utf8Decoder.decode(r.item)
+              else slots[seq - first] = r.item
             }
-            // Gapless above the floor: only a page the floor cuts (or a hole) leaves empty slots.
-            const rows = n === REPLAY_PAGE ? (slots as Array<StoredEntry>) : slots.filter((e): e is StoredEntry => e !== undefined)
-            return { epoch, rows }
+            return packPage(epoch, first, slots)
           })
         )
       }
@@ -396,34 +462,27 @@ export class Journal extends Context.Service<Journal, {
           const page = Math.floor(afterSeq / REPLAY_PAGE)
           const first = page * REPLAY_PAGE + 1
           const key = `${encoding}\u0000${pageEpoch}\u0000${page}\u0000${topic}`
-          const slice = (rows: ReadonlyArray<StoredEntry>): ReplayPage => {
-            let i = 0
-            while (i < rows.length && rows[i]!.seq <= afterSeq) i++
-            // More may follow when the page is filled up to its last seq.
-            const more = rows.length > 0 && rows[rows.length - 1]!.seq === first + REPLAY_PAGE - 1
-            return { entries: i === 0 ? rows : rows.slice(i), more }
-          }
           const cached = pageCache.get(key)
           if (cached !== undefined) {
             pageCache.delete(key) // most recently used goes last
             pageCache.set(key, cached)
-            return slice(cached.entries)
+            return unpackAfter(cached, afterSeq)
           }
           let pending = inFlight.get(key)
           if (pending === undefined) {
             // The read runs in a fiber of its own (not interrupted with any one reader), fills the
             // cache and completes `pending`; every reader waits for it, interruptibly.
-            const mine = yield* Deferred.make<{ readonly epoch: string; readonly rows: ReadonlyArray<StoredEntry> }, SqlError>()
+            const mine = yield* Deferred.make<PackedPage, SqlError>()
             inFlight.set(key, mine)
             pending = mine
             yield* Effect.forkDetach(
-              readPageRows(topic, first, encoding).pipe(
-                Effect.tap(({ epoch: readEpoch, rows }) =>
+              readPage(topic, first, encoding).pipe(
+                Effect.tap((packed) =>
                   Effect.sync(() => {
                     // Complete (every seq of the page present) and of the epoch asked for: immutable.
-                    const complete = rows.length === REPLAY_PAGE && rows[0]!.seq === first &&
-                      rows[REPLAY_PAGE - 1]!.seq === first + REPLAY_PAGE - 1
-                    if (complete && readEpoch === pageEpoch && replayCacheBytes > 0) remember(key, rows, encoding)
+                    if (packed.count === REPLAY_PAGE && packed.epoch === pageEpoch && replayCacheBytes > 0) {
+                      remember(key, packed)
+                    }
                   })
                 ),
                 Effect.exit,
@@ -436,11 +495,11 @@ export class Journal extends Context.Service<Journal, {
               )
             )
           }
-          const read = yield* Deferred.await(pending)
+          const packed = yield* Deferred.await(pending)
           // The journal moved to another epoch: its seqs name other entries, none of them this
           // replay's (it ends, and the hand-over reports the epoch change).
-          if (read.epoch !== pageEpoch) return { entries: [], more: false }
-          return slice(read.rows)
+          if (packed.epoch !== pageEpoch) return { entries: [], more: false }
+          return unpackAfter(packed, afterSeq)
         })
 
       const epoch = sql<{ epoch: string }>`SELECT epoch FROM runtime.sync_journal_epoch`.pipe(
