@@ -85,13 +85,8 @@ const eventBinary = (e: EventBodyValues): Uint8Array => {
   const payload = w.open()
   structFields(e.payload)
   w.close(payload)
-  w.tag(5, WIRE_LEN)
-  const ts = w.open()
   const seconds = Math.floor(e.occurredAtMs / 1000)
-  const nanos = (e.occurredAtMs - seconds * 1000) * 1_000_000
-  w.uintField(1, seconds)
-  w.uintField(2, nanos)
-  w.close(ts)
+  w.timestampField(5, seconds, (e.occurredAtMs - seconds * 1000) * 1_000_000)
   return w.finish()
 }
 

@@ -13,7 +13,7 @@
 import type { Timestamp } from "@bufbuild/protobuf/wkt"
 import type { RunSummary } from "../gen/openagents/sync/v1/documents_pb.ts"
 import { timestampJson } from "./EventBodyEncoding.ts"
-import { ScratchWriter, WIRE_LEN } from "./ScratchWriter.ts"
+import { ScratchWriter } from "./ScratchWriter.ts"
 
 const w = new ScratchWriter()
 
@@ -27,14 +27,8 @@ const covered = (doc: RunSummary): boolean =>
   doc.eventCount <= MAX_SAFE && doc.lastSeq <= MAX_SAFE && coveredTime(doc.createdAt) && coveredTime(doc.updatedAt) &&
   coveredTime(doc.terminalAt)
 
-/** A set Timestamp field (written even when zero: a message field is present once set). */
 const timestampField = (field: number, t: Timestamp | undefined) => {
-  if (t === undefined) return
-  w.tag(field, WIRE_LEN)
-  const at = w.open()
-  w.uintField(1, Number(t.seconds))
-  w.uintField(2, t.nanos)
-  w.close(at)
+  if (t !== undefined) w.timestampField(field, Number(t.seconds), t.nanos)
 }
 
 const binary = (doc: RunSummary): Uint8Array => {

@@ -112,6 +112,18 @@ export class ScratchWriter {
     this.pos += b.length
   }
 
+  /**
+   * A set `google.protobuf.Timestamp` field (written even when zero: a set message field is
+   * present), its seconds and nanos non-negative and below 2^53.
+   */
+  timestampField(field: number, seconds: number, nanos: number): void {
+    this.tag(field, WIRE_LEN)
+    const at = this.open()
+    this.uintField(1, seconds)
+    this.uintField(2, nanos)
+    this.close(at)
+  }
+
   /** Reserves a one-byte length prefix; returns its position for `close`. */
   open(): number {
     this.ensure(1)
