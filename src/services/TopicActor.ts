@@ -230,6 +230,9 @@ export class TopicActor {
    * it: it is queued in the first slot the actor frees (so it never overtakes what came before).
    */
   notify(seq: number): void {
+    // A parked actor already has everything up to its head (usually from the local hand-over,
+    // which beats the notification): handling it would only wake a fiber to read nothing.
+    if (this.parked && seq <= this.head && this.pendingNotifySeq <= this.head) return
     if (seq > this.pendingNotifySeq) this.pendingNotifySeq = seq
     this.queueNotify()
   }

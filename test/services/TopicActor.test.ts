@@ -263,7 +263,7 @@ describe("TopicActor", () => {
       yield* close
     }))
 
-  it.live("a parked actor delivers hand-overs without a fiber: overlaps and repeats once, a gap or another epoch through the fiber", () =>
+  it.live("a parked actor delivers hand-overs without a fiber (overlaps and repeats once; a gap or another epoch through the fiber) and drops notifications of what it has", () =>
     Effect.gen(function*() {
       const { fake, actor, a, close } = yield* joinedActor(16)
       const reads = () => fake.reads
@@ -285,12 +285,24 @@ describe("TopicActor", () => {
       yield* eventually(() => a.seqs.length === 6, "5 and 6 delivered")
       assert.isAbove(reads(), before)
       assert.strictEqual(actor.headSeq, 6)
+      // Notifications of what the parked actor already has are dropped (no wake-up, no read); a
+      // newer one is read.
+      yield* eventually(parked, "parked again")
+      const afterGap = reads()
+      actor.notify(6)
+      actor.notify(3)
+      assert.isTrue(parked())
+      assert.strictEqual(actor.queueDepth, 0)
+      fake.append("t", 7)
+      actor.notify(7)
+      yield* eventually(() => a.seqs.length === 7, "7 read and delivered")
+      assert.isAbove(reads(), afterGap)
       // Entries of another epoch are never delivered as ours.
       fake.rebuild("epoch-2", "t", ["new1"])
       yield* eventually(parked, "parked again")
       assert.isTrue(handOver("epoch-2", 1))
       yield* eventually(() => a.events.includes("EPOCH_CHANGED"), "the subscriber is told")
-      assert.deepStrictEqual(a.seqs, [1, 2, 3, 4, 5, 6])
+      assert.deepStrictEqual(a.seqs, [1, 2, 3, 4, 5, 6, 7])
       yield* close
     }))
 
