@@ -24,7 +24,7 @@ import { type EntityKind, type IdempotencyScope, keyReused } from "./Idempotency
 import { type Journal, JournalEntryTooLarge, type TopicSeqs } from "./Journal.ts"
 import { commandsTotal } from "./Metrics.ts"
 import { int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
-import { projectSet, type ProjectionSpec, SUMMARY_KIND, upsertCheckpoints, upsertDocuments } from "./Projector.ts"
+import { projectSet, type ProjectionSpec, SUMMARY_KIND, upsertProjection } from "./Projector.ts"
 
 const SUMMARY_KINDS: ReadonlySet<string> = new Set(Object.values(SUMMARY_KIND))
 
@@ -231,9 +231,8 @@ export const appendEvents = <Doc>(
       topicSeqs[d.topic] = Math.max(topicSeqs[d.topic] ?? 0, seq)
     })
 
-    // Final documents (changed ones) and checkpoints: one statement each.
-    yield* upsertDocuments(sql, set.documents)
-    yield* upsertCheckpoints(sql, set.checkpoints)
+    // Final documents (changed ones) and checkpoints: one statement.
+    yield* upsertProjection(sql, set.documents, set.checkpoints)
     return { itemTopicSeqs, topicSeqs, entities: [...new Set(cols.entityId)] }
   })
 
