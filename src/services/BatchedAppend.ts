@@ -13,7 +13,7 @@
  * topic — which single commands follow too, so no two transactions can deadlock.
  */
 import { Effect, Metric, Schema } from "effect"
-import type { SqlClient } from "effect/sql"
+import type { SqlClient, Statement } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { ApiError } from "../domain/ApiError.ts"
 import type { JsonObject } from "../domain/Json.ts"
@@ -133,7 +133,9 @@ export const appendEvents = <Doc>(
   kind: EventKind<Doc>,
   outcomes: ReadonlyArray<Outcome>,
   requestIds: (i: number) => string | undefined,
-  now: number
+  now: number,
+  /** The write of the appended entities' rows (given them, each once, in item order), done with the documents. */
+  entityRows: (entities: ReadonlyArray<string>) => Statement.Statement<unknown>
 ): Effect.Effect<
   {
     readonly itemTopicSeqs: ReadonlyArray<TopicSeqs | undefined>
@@ -231,9 +233,10 @@ export const appendEvents = <Doc>(
       topicSeqs[d.topic] = Math.max(topicSeqs[d.topic] ?? 0, seq)
     })
 
-    // Final documents (changed ones) and checkpoints: one statement.
-    yield* upsertProjection(sql, set.documents, set.checkpoints)
-    return { itemTopicSeqs, topicSeqs, entities: [...new Set(cols.entityId)] }
+    // Final documents (changed ones), checkpoints and the entity rows: one statement.
+    const entities = [...new Set(cols.entityId)]
+    yield* upsertProjection(sql, set.documents, set.checkpoints, entityRows(entities))
+    return { itemTopicSeqs, topicSeqs, entities }
   })
 
 /**

@@ -9,7 +9,7 @@
 import { create } from "@bufbuild/protobuf"
 import { timestampFromMs } from "@bufbuild/protobuf/wkt"
 import { Context, Effect, Layer } from "effect"
-import { SqlClient } from "effect/sql"
+import { SqlClient, type Statement } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import {
   type CodexWorkerSummary,
@@ -238,21 +238,33 @@ const checkpointsUpsert = (sql: SqlClient.SqlClient, rows: ReadonlyArray<Checkpo
       projection_version = EXCLUDED.projection_version, updated_at = clock_timestamp()`
 
 /**
- * Upserts the final documents and the checkpoints of a projected set in one statement (the
- * documents' upsert as a data-modifying CTE: one round trip fewer per batch); nothing for none.
- * Both tables' rows of an entity are written only under its entity row's lock, so the order of the
- * two upserts inside the statement cannot deadlock with another writer.
+ * Upserts the final documents and the checkpoints of a projected set — and `also`, a batch's
+ * write of its entity rows — in one statement (the others as data-modifying CTEs: two round trips
+ * fewer per batch); nothing for none. Every row these write for an entity is written only under
+ * that entity row's lock, taken earlier in the transaction, so the order of the writes inside the
+ * statement cannot deadlock with another writer.
  */
 export const upsertProjection = (
   sql: SqlClient.SqlClient,
   documents: ReadonlyArray<DocumentRow>,
-  checkpoints: ReadonlyArray<CheckpointRow>
-) =>
-  documents.length === 0
-    ? checkpoints.length === 0 ? Effect.void : Effect.asVoid(checkpointsUpsert(sql, checkpoints))
-    : checkpoints.length === 0
-    ? Effect.asVoid(documentsUpsert(sql, documents))
-    : Effect.asVoid(sql`WITH documents AS (${documentsUpsert(sql, documents)}) ${checkpointsUpsert(sql, checkpoints)}`)
+  checkpoints: ReadonlyArray<CheckpointRow>,
+  also?: Statement.Statement<unknown>
+) => {
+  const parts: Array<Statement.Statement<unknown>> = []
+  if (documents.length > 0) parts.push(documentsUpsert(sql, documents))
+  if (also !== undefined) parts.push(also)
+  if (checkpoints.length > 0) parts.push(checkpointsUpsert(sql, checkpoints))
+  switch (parts.length) {
+    case 0:
+      return Effect.void
+    case 1:
+      return Effect.asVoid(parts[0]!)
+    case 2:
+      return Effect.asVoid(sql`WITH a AS (${parts[0]!}) ${parts[1]!}`)
+    default:
+      return Effect.asVoid(sql`WITH a AS (${parts[0]!}), b AS (${parts[1]!}) ${parts[2]!}`)
+  }
+}
 
 /**
  * Many events projected together (a batch, a rebuild page), in order, from the stored documents:

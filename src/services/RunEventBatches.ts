@@ -161,18 +161,13 @@ export class RunEventBatches extends Context.Service<RunEventBatches, {
             })
           })
 
-          // 5–8. Owner ordinals, events, projection, journal, documents and checkpoints.
-          const appended = yield* appendEvents(sql, journal, RUN_EVENTS, outcomes, requestIds, now)
-
-          // 9. The run rows' state.
-          const ids = appended.entities
-          if (ids.length > 0) {
-            yield* sql`
-              UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq
-              FROM unnest(${textArray(ids)}, ${textArray(ids.map((id) => state.get(id)!.status))},
-                          ${int8Array(ids.map((id) => BigInt(state.get(id)!.lastSeq)))}) AS x(run_id, status, last_seq)
-              WHERE r.run_id = x.run_id`
-          }
+          // 5–9. Owner ordinals, events, projection, journal; documents, checkpoints and the run
+          // rows' state in one statement.
+          const appended = yield* appendEvents(sql, journal, RUN_EVENTS, outcomes, requestIds, now, (ids) => sql`
+            UPDATE runtime.runs r SET status = x.status, last_seq = x.last_seq
+            FROM unnest(${textArray(ids)}, ${textArray(ids.map((id) => state.get(id)!.status))},
+                        ${int8Array(ids.map((id) => BigInt(state.get(id)!.lastSeq)))}) AS x(run_id, status, last_seq)
+            WHERE r.run_id = x.run_id`)
 
           // 10. Answers; the keyed appends' answers are stored for retries.
           const results = yield* answersOf(sql, "run", outcomes, (a, i) => ({

@@ -135,21 +135,16 @@ export class WorkerEventBatches extends Context.Service<WorkerEventBatches, {
             })
           })
 
-          // 4. Owner ordinals, events, projection, journal, documents and checkpoints.
-          const appended = yield* appendEvents(sql, journal, WORKER_EVENTS, outcomes, (i) => items[i]!.requestId, now)
-
-          // 5. The worker rows: status, seq, and the latest heartbeat (never moved back).
-          const changed = appended.entities
-          if (changed.length > 0) {
-            yield* sql`
-              UPDATE runtime.codex_workers w SET status = x.status, last_seq = x.last_seq,
-                last_heartbeat_at = GREATEST(w.last_heartbeat_at, x.heartbeat_at)
-              FROM unnest(${textArray(changed)}, ${textArray(changed.map((id) => state.get(id)!.status))},
-                          ${int8Array(changed.map((id) => BigInt(state.get(id)!.lastSeq)))},
-                          ${timestamptzArray(changed.map((id) => state.get(id)!.heartbeatAtMs ?? null))})
-                AS x(worker_id, status, last_seq, heartbeat_at)
-              WHERE w.worker_id = x.worker_id`
-          }
+          // 4–5. Owner ordinals, events, projection, journal; documents, checkpoints and the worker
+          // rows (status, seq, and the latest heartbeat, never moved back) in one statement.
+          const appended = yield* appendEvents(sql, journal, WORKER_EVENTS, outcomes, (i) => items[i]!.requestId, now, (changed) => sql`
+            UPDATE runtime.codex_workers w SET status = x.status, last_seq = x.last_seq,
+              last_heartbeat_at = GREATEST(w.last_heartbeat_at, x.heartbeat_at)
+            FROM unnest(${textArray(changed)}, ${textArray(changed.map((id) => state.get(id)!.status))},
+                        ${int8Array(changed.map((id) => BigInt(state.get(id)!.lastSeq)))},
+                        ${timestamptzArray(changed.map((id) => state.get(id)!.heartbeatAtMs ?? null))})
+              AS x(worker_id, status, last_seq, heartbeat_at)
+            WHERE w.worker_id = x.worker_id`)
 
           // 6. Answers (what appendEvent / heartbeat answer); keyed ones stored for retries.
           const results = yield* answersOf(sql, "worker", outcomes, (a, i) => ({
