@@ -115,24 +115,32 @@ export interface ReplayPage {
  * objects instead of a few per entry (which every scavenge of a replay had to copy and promote,
  * and every major GC to mark); readers get short-lived views (`unpackAfter`).
  */
-interface PackedPage {
+export interface PackedPage {
   readonly epoch: string
   readonly first: number
   readonly count: number
   /** Entry i is seq `first + offsets[i]`, ascending. */
   readonly offsets: Uint16Array
   /** Entry i ends at `ends[i]` (bytes of `pb`, or UTF-16 units of `json`); it starts where i − 1 ends. */
-  readonly ends: Int32Array
+  readonly ends: Float64Array
   readonly pb: Uint8Array | undefined
-  readonly json: string | undefined
+  /** One string, or the entries' own strings when joined they would near V8's string length limit. */
+  readonly json: string | ReadonlyArray<string> | undefined
   /** Memory accounted for in the page cache. */
   readonly bytes: number
 }
 
 const NO_BYTES = new Uint8Array(0)
+/** A JSON page longer than this (UTF-16 units) keeps its entries as separate strings. */
+const MAX_JOINED_CHARS = 1 << 26
 
 /** Packs a page's slots (slot k = seq first + k; holes where the journal has no entry). */
-const packPage = (epoch: string, first: number, slots: ReadonlyArray<Uint8Array | string | undefined>): PackedPage => {
+export const packPage = (
+  epoch: string,
+  first: number,
+  slots: ReadonlyArray<Uint8Array | string | undefined>,
+  maxJoinedChars = MAX_JOINED_CHARS
+): PackedPage => {
   let count = 0
   let size = 0
   let binary = true
@@ -146,7 +154,7 @@ const packPage = (epoch: string, first: number, slots: ReadonlyArray<Uint8Array 
     } else size += item.byteLength
   }
   const offsets = new Uint16Array(count)
-  const ends = new Int32Array(count)
+  const ends = new Float64Array(count)
   const pb = binary ? new Uint8Array(size) : undefined
   const parts: Array<string> = []
   let i = 0
@@ -164,12 +172,12 @@ const packPage = (epoch: string, first: number, slots: ReadonlyArray<Uint8Array 
     }
     ends[i++] = at
   }
-  const json = binary ? undefined : parts.join("")
+  const json = binary ? undefined : size <= maxJoinedChars ? parts.join("") : parts
   return { epoch, first, count, offsets, ends, pb, json, bytes: 256 + 6 * count + (binary ? size : 2 * size) }
 }
 
 /** The entries of a packed page after `afterSeq`, as views into it, and whether more may follow. */
-const unpackAfter = (page: PackedPage, afterSeq: number): ReplayPage => {
+export const unpackAfter = (page: PackedPage, afterSeq: number): ReplayPage => {
   const { offsets, ends, pb, json, first, count } = page
   let i = 0
   while (i < count && first + offsets[i]! <= afterSeq) i++
@@ -179,7 +187,7 @@ const unpackAfter = (page: PackedPage, afterSeq: number): ReplayPage => {
     const seq = first + offsets[i]!
     entries[j] = pb !== undefined
       ? { seq, pb: pb.subarray(start, ends[i]!), json: "" }
-      : { seq, pb: NO_BYTES, json: json!.slice(start, ends[i]!) }
+      : { seq, pb: NO_BYTES, json: typeof json === "string" ? json.slice(start, ends[i]!) : json![i]! }
   }
   // More may follow when the page is filled up to its last seq.
   const more = count > 0 && offsets[count - 1] === REPLAY_PAGE - 1

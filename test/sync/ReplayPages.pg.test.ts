@@ -5,10 +5,10 @@
  * Positions (Journal.position): concurrent reads share statements and each gets its own topic's
  * head and floor; inside a transaction the read sees that transaction's own appends.
  */
-import { assert, describe, layer } from "@effect/vitest"
+import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
-import { Journal, type JournalDraft, REPLAY_PAGE } from "../../src/services/Journal.ts"
+import { Journal, type JournalDraft, packPage, REPLAY_PAGE, unpackAfter } from "../../src/services/Journal.ts"
 import { testServices } from "../support/TestApp.ts"
 
 const drafts = (topic: string, n: number, docKeyBytes = 0): Array<JournalDraft> =>
@@ -23,6 +23,36 @@ const drafts = (topic: string, n: number, docKeyBytes = 0): Array<JournalDraft> 
 
 const seqs = (entries: ReadonlyArray<{ readonly seq: number }>) => entries.map((e) => e.seq)
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i)
+
+describe("packed replay pages", () => {
+  it("pack → unpack after any seq gives the page's entries in seq order, with holes, both encodings", () => {
+    let state = 7
+    const rand = () => ((state = (state * 1103515245 + 12345) % 2147483648) / 2147483648)
+    const first = 3 * REPLAY_PAGE + 1
+    for (let round = 0; round < 40; round++) {
+      const full = round % 4 === 0
+      const present = Array.from({ length: REPLAY_PAGE }, () => full || rand() < 0.7)
+      const text = (k: number) => `{"seq":${first + k},"x":"${"é😀".repeat(k % 5)}"}`
+      const bytes = (k: number) => Uint8Array.from({ length: k % 7 }, (_, j) => (k + j) % 256)
+      for (const encoding of ["pb", "json"] as const) {
+        const slots = present.map((p, k) => (p ? (encoding === "pb" ? bytes(k) : text(k)) : undefined))
+        // A tiny join limit on odd rounds: the entries stay separate strings.
+        const page = packPage("e", first, slots, round % 2 === 0 ? 1 << 26 : 100)
+        for (const after of [0, first - 1, first, first + 17, first + REPLAY_PAGE - 2, first + REPLAY_PAGE - 1]) {
+          const got = unpackAfter(page, after)
+          const want = slots.flatMap((item, k) => (item !== undefined && first + k > after ? [{ seq: first + k, item }] : []))
+          assert.deepStrictEqual(got.entries.map((e) => e.seq), want.map((w) => w.seq))
+          if (encoding === "pb") {
+            assert.deepStrictEqual(got.entries.map((e) => [...e.pb]), want.map((w) => [...(w.item as Uint8Array)]))
+          } else {
+            assert.deepStrictEqual(got.entries.map((e) => e.json), want.map((w) => w.item as string))
+          }
+          assert.strictEqual(got.more, present[REPLAY_PAGE - 1] === true)
+        }
+      }
+    }
+  })
+})
 
 layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
   describe("Journal.position", () => {
