@@ -271,6 +271,13 @@ describe("TopicActor", () => {
         actor.offer({ _tag: "Entries", epoch, entries: seqs.map((s) => entry(s)) })
       for (const seq of [1, 2, 3, 4, 5, 6]) fake.append("t", seq)
       const parked = () => (actor as unknown as { parked: boolean }).parked
+      // Fibers started: the actor's `run` is what a fiber runs (counted on this actor only).
+      const fiberRuns = { count: 0 }
+      const run = (actor as unknown as { run: (...args: Array<unknown>) => unknown }).run
+      ;(actor as unknown as { run: unknown }).run = function(this: unknown, ...args: Array<unknown>) {
+        fiberRuns.count++
+        return run.apply(this, args)
+      }
       yield* eventually(parked, "the actor parked after the join")
       const before = reads()
       // Several hand-overs queued in one turn (one frame), a repeat and an overlap among them.
@@ -279,11 +286,13 @@ describe("TopicActor", () => {
       assert.isTrue(handOver(EPOCH, 2, 3, 4))
       yield* eventually(() => a.seqs.length === 4, "1…4 delivered")
       assert.strictEqual(reads(), before, "hand-overs that continue the head need no journal read")
-      // A gap (6 before 5 was handed over): read from the journal, in order, once.
+      assert.strictEqual(fiberRuns.count, 0, "hand-overs that continue the head need no fiber")
+      // A gap (6 before 5 was handed over): read from the journal, in order, once, by a fiber.
       yield* eventually(parked, "parked again")
       assert.isTrue(handOver(EPOCH, 6))
       yield* eventually(() => a.seqs.length === 6, "5 and 6 delivered")
       assert.isAbove(reads(), before)
+      assert.strictEqual(fiberRuns.count, 1)
       assert.strictEqual(actor.headSeq, 6)
       // Notifications of what the parked actor already has are dropped (no wake-up, no read); a
       // newer one is read.
