@@ -677,8 +677,14 @@ class Connection {
         const page = prefetched && prefetched.after === last
           ? yield* Fiber.join(prefetched.fiber)
           : yield* readPage(last)
-        const rows = page.entries
         prefetched = undefined
+        if (page.epochChanged) {
+          // A rebuild moved the journal to another epoch: the cursor names entries that are gone.
+          const current = yield* journal.position(sub.topic)
+          yield* self.removeSubscription(sub.topic, false, true)
+          return yield* self.sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
+        }
+        const rows = page.entries
         if (page.more && rows.length > 0 && rows[0]!.seq === last + 1) {
           const after = rows[rows.length - 1]!.seq
           prefetched = { after, fiber: yield* Effect.forkChild(readPage(after)) }

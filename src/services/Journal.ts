@@ -107,6 +107,8 @@ export interface ReplayPage {
    * inside this page.
    */
   readonly more: boolean
+  /** The journal is in another epoch than the one asked for: no entries of it are the reader's. */
+  readonly epochChanged?: true
 }
 
 /**
@@ -173,7 +175,9 @@ export const packPage = (
     ends[i++] = at
   }
   const json = binary ? undefined : size <= maxJoinedChars ? parts.join("") : parts
-  return { epoch, first, count, offsets, ends, pb, json, bytes: 256 + 6 * count + (binary ? size : 2 * size) }
+  // Per entry: its offset (2 bytes) and end (8), plus a string's header when JSON entries stay apart.
+  const perEntry = 10 + (typeof json === "string" || json === undefined ? 0 : 32)
+  return { epoch, first, count, offsets, ends, pb, json, bytes: 256 + perEntry * count + (binary ? size : 2 * size) }
 }
 
 /** The entries of a packed page after `afterSeq`, as views into it, and whether more may follow. */
@@ -231,7 +235,7 @@ export class Journal extends Context.Service<Journal, {
    * in one subprotocol's encoding. Complete pages of `epoch` are immutable, so they are cached
    * (LRU, `replayCacheBytes`) and concurrent reads of one page share one query: a thousand
    * clients resuming one topic together read each page from Postgres once. Only entries of
-   * `epoch`: a page read after the journal moved to another epoch comes back empty (`more` false).
+   * `epoch`: a page read after the journal moved to another epoch comes back empty, `epochChanged`.
    */
   readonly readReplayPage: (
     topic: string,
@@ -505,8 +509,8 @@ export class Journal extends Context.Service<Journal, {
           }
           const packed = yield* Deferred.await(pending)
           // The journal moved to another epoch: its seqs name other entries, none of them this
-          // replay's (it ends, and the hand-over reports the epoch change).
-          if (packed.epoch !== pageEpoch) return { entries: [], more: false }
+          // replay's (it ends with the epoch change).
+          if (packed.epoch !== pageEpoch) return { entries: [], more: false, epochChanged: true } satisfies ReplayPage
           return unpackAfter(packed, afterSeq)
         })
 

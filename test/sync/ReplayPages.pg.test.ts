@@ -124,7 +124,11 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "pb")).entries), range(1, REPLAY_PAGE))
         assert.notInclude(seqs((yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE, "pb")).entries), 2 * REPLAY_PAGE + 200)
         // Another epoch's page: the journal's rows are not its entries.
-        assert.deepStrictEqual(yield* journal.readReplayPage(topic, "another-epoch", 0, "pb"), { entries: [], more: false })
+        assert.deepStrictEqual(yield* journal.readReplayPage(topic, "another-epoch", 0, "pb"), {
+          entries: [],
+          more: false,
+          epochChanged: true
+        })
       }))
 
     it.effect("a page the retention floor cuts holds what is left of it, in seq order; it is never cached", () =>
