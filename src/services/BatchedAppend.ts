@@ -122,10 +122,10 @@ export interface EventKind<Doc> {
 
 /**
  * Appends every accepted event (outcomes that are `append`): owner ordinals, the events (read
- * back, so the projector sees what a replay will), projection in item order, journal entries,
- * documents and checkpoints. Returns each item's topic seqs (by item index), the batch's heads,
- * and the entities whose events were appended (each once, in item order). An oversized entry fails
- * with `ItemTooLarge`.
+ * back, so the projector sees what a replay will), projection in item order, journal entries, then
+ * documents, checkpoints and `entityRows` of the entities whose events were appended (each once, in
+ * item order) in one statement. Returns each item's topic seqs (by item index) and the batch's
+ * heads. An oversized entry fails with `ItemTooLarge`.
  */
 export const appendEvents = <Doc>(
   sql: SqlClient.SqlClient,
@@ -140,7 +140,6 @@ export const appendEvents = <Doc>(
   {
     readonly itemTopicSeqs: ReadonlyArray<TopicSeqs | undefined>
     readonly topicSeqs: TopicSeqs
-    readonly entities: ReadonlyArray<string>
   },
   SqlError | ItemTooLarge
 > =>
@@ -151,7 +150,7 @@ export const appendEvents = <Doc>(
     })
     const itemTopicSeqs = new Array<TopicSeqs | undefined>(outcomes.length)
     const topicSeqs: TopicSeqs = {}
-    if (appends.length === 0) return { itemTopicSeqs, topicSeqs, entities: [] }
+    if (appends.length === 0) return { itemTopicSeqs, topicSeqs }
 
     // Owner ordinals (owner order), then every event in one statement, read back.
     const perOwner = new Map<string, number>()
@@ -234,9 +233,8 @@ export const appendEvents = <Doc>(
     })
 
     // Final documents (changed ones), checkpoints and the entity rows: one statement.
-    const entities = [...new Set(cols.entityId)]
-    yield* upsertProjection(sql, set.documents, set.checkpoints, entityRows(entities))
-    return { itemTopicSeqs, topicSeqs, entities }
+    yield* upsertProjection(sql, set.documents, set.checkpoints, entityRows([...new Set(cols.entityId)]))
+    return { itemTopicSeqs, topicSeqs }
   })
 
 /**
