@@ -399,11 +399,30 @@ export class TopicActor {
       this.deliver(out.splice(0))
       return this.readUpTo(last)
     }
+    this.takeContinuing(entries, out)
+    return Effect.void
+  }
+
+  /**
+   * Takes hand-over entries that continue (or repeat) the head into the ring and `out` (what is
+   * already here is skipped). The caller has checked that none lies beyond head + 1.
+   */
+  private takeContinuing(entries: ReadonlyArray<StoredEntry>, out: Array<StoredEntry>) {
+    const last = entries[entries.length - 1]!.seq
+    if (last <= this.head) return
     const fresh = entries[0]!.seq > this.head ? entries : entries.filter((e) => e.seq > this.head)
     this.head = last
     this.pushRing(fresh)
     for (const e of fresh) out.push(e)
-    return Effect.void
+  }
+
+  /** The mailbox is empty: no fiber runs; without subscribers, the retirement deadline is set. */
+  private park() {
+    if (this.refCount === 0) {
+      const timers = this.env.timers
+      this.retireAt = timers.schedule(timers.now() + this.env.idleTtlMs, () => this.retireIfIdle())
+    }
+    this.parked = true
   }
 
   private onJoin(m: Extract<ActorMessage, { _tag: "Join" }>): Effect.Effect<void, SqlError> {
@@ -531,13 +550,9 @@ export class TopicActor {
           if (next === undefined) {
             // Mailbox empty: end this fiber; the next message starts another. Without
             // subscribers, the retirement deadline waits in the node's timer heap.
-            if (this.refCount === 0) {
-              const timers = this.env.timers
-              this.retireAt = timers.schedule(timers.now() + this.env.idleTtlMs, () => this.retireIfIdle())
-            }
+            this.park()
             // Per launch as well: this fiber's exit must read as parked even if a message has
             // already cleared the actor's flag (and scheduled the next fiber) before it exits.
-            this.parked = true
             launched.parked = true
             return
           }
@@ -608,24 +623,13 @@ export class TopicActor {
         return false
       }
       this.take()
-      const entries = m.entries
-      const last = entries[entries.length - 1]!.seq
-      if (last > this.head) {
-        const fresh = entries[0]!.seq > this.head ? entries : entries.filter((e) => e.seq > this.head)
-        this.head = last
-        this.pushRing(fresh)
-        for (const e of fresh) out.push(e)
-      }
+      this.takeContinuing(m.entries, out)
       if (out.length >= this.env.settings.maxItemsPerFrame) this.deliver(out.splice(0))
     }
     this.deliver(out)
     // A delivery may have queued a message (an evicted subscriber's leave): the fiber takes it.
     if (this.queueDepth > 0) return false
-    if (this.refCount === 0) {
-      const timers = this.env.timers
-      this.retireAt = timers.schedule(timers.now() + this.env.idleTtlMs, () => this.retireIfIdle())
-    }
-    this.parked = true
+    this.park()
     return true
   }
 
