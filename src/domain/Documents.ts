@@ -12,14 +12,12 @@ import {
   type RunSummary,
   RunSummarySchema
 } from "../gen/openagents/sync/v1/documents_pb.ts"
-import { runSummaryBinary } from "./RunSummaryEncoding.ts"
 
 export const PROJECTION_VERSION = 1
 
 export const sha256Hex = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex")
 
-/** Through the direct encoder (RunSummaryEncoding) when it covers the values, else `toBinary`. */
-export const encodeRunSummary = (doc: RunSummary) => runSummaryBinary(doc) ?? toBinary(RunSummarySchema, doc)
+export { encodeRunSummary } from "./RunSummaryEncoding.ts"
 export const decodeRunSummary = (bytes: Uint8Array) => fromBinary(RunSummarySchema, bytes)
 export const encodeWorkerSummary = (doc: CodexWorkerSummary) => toBinary(CodexWorkerSummarySchema, doc)
 export const decodeWorkerSummary = (bytes: Uint8Array) => fromBinary(CodexWorkerSummarySchema, bytes)

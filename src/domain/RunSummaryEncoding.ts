@@ -10,8 +10,9 @@
  * Covered: counters below 2^53 and times from 0 to 9999-12-31 with millisecond nanos (what the
  * projection produces). Anything else is `undefined`, for the caller to encode generically.
  */
+import { toBinary } from "@bufbuild/protobuf"
 import type { Timestamp } from "@bufbuild/protobuf/wkt"
-import type { RunSummary } from "../gen/openagents/sync/v1/documents_pb.ts"
+import { type RunSummary, RunSummarySchema } from "../gen/openagents/sync/v1/documents_pb.ts"
 import { timestampJson } from "./EventBodyEncoding.ts"
 import { ScratchWriter } from "./ScratchWriter.ts"
 
@@ -70,6 +71,9 @@ export const runSummaryBinary = (doc: RunSummary): Uint8Array | undefined => {
     w.reset() // a failed encoding must not leave bytes in front of the next one
   }
 }
+
+/** `toBinary(RunSummarySchema, doc)`: through the direct encoder when it covers the values. */
+export const encodeRunSummary = (doc: RunSummary): Uint8Array => runSummaryBinary(doc) ?? toBinary(RunSummarySchema, doc)
 
 /** The proto3 JSON text of `doc`, or `undefined` outside the covered values. */
 export const runSummaryJsonText = (doc: RunSummary): string | undefined => (covered(doc) ? json(doc) : undefined)

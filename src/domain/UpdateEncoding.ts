@@ -13,14 +13,13 @@ import { BinaryReader, WireType } from "@bufbuild/protobuf/wire"
 import {
   CodexWorkerSummarySchema,
   RunEventSchema,
-  RunSummarySchema,
   WorkerEventSchema
 } from "../gen/openagents/sync/v1/documents_pb.ts"
 import type { Update } from "../gen/openagents/sync/v1/frames_pb.ts"
 import type { Timestamp } from "@bufbuild/protobuf/wkt"
 import { documentJson } from "./DocumentJson.ts"
 import { encodeEventBody, type EventIdField } from "./EventBodyEncoding.ts"
-import { runSummaryBinary, runSummaryJsonText } from "./RunSummaryEncoding.ts"
+import { encodeRunSummary, runSummaryJsonText } from "./RunSummaryEncoding.ts"
 import type { JsonObject } from "./Json.ts"
 import { ScratchWriter, WIRE_LEN } from "./ScratchWriter.ts"
 import type { EncodedUpdate } from "./Protocol.ts"
@@ -54,7 +53,7 @@ const BODY_FIELDS = {
 const bodyBinary = (body: Update["body"]): Uint8Array => {
   switch (body.case) {
     case "runSummary":
-      return runSummaryBinary(body.value) ?? toBinary(RunSummarySchema, body.value)
+      return encodeRunSummary(body.value)
     case "workerSummary":
       return toBinary(CodexWorkerSummarySchema, body.value)
     case "runEvent":
