@@ -140,20 +140,18 @@ const MAX_JOINED_CHARS = 1 << 26
 export const packPage = (
   epoch: string,
   first: number,
+  encoding: "pb" | "json",
   slots: ReadonlyArray<Uint8Array | string | undefined>,
   maxJoinedChars = MAX_JOINED_CHARS
 ): PackedPage => {
   let count = 0
   let size = 0
-  let binary = true
+  const binary = encoding === "pb"
   for (let k = 0; k < slots.length; k++) {
     const item = slots[k]
     if (item === undefined) continue
     count++
-    if (typeof item === "string") {
-      binary = false
-      size += item.length
-    } else size += item.byteLength
+    size += typeof item === "string" ? item.length : item.byteLength
   }
   const offsets = new Uint16Array(count)
   const ends = new Float64Array(count)
@@ -404,9 +402,8 @@ export class Journal extends Context.Service<Journal, {
         options?: { readonly notify: boolean }
       ) => Effect.map(appendAll(drafts, committedAtMs, options), (a) => a.topicSeqs)
 
-      const EMPTY = new Uint8Array(0)
       type EntryRow = { seq: bigint; update_pb: Uint8Array | null; update_json: string | null }
-      const toEntry = (r: EntryRow): StoredEntry => ({ seq: Number(r.seq), pb: r.update_pb ?? EMPTY, json: r.update_json ?? "" })
+      const toEntry = (r: EntryRow): StoredEntry => ({ seq: Number(r.seq), pb: r.update_pb ?? NO_BYTES, json: r.update_json ?? "" })
 
       // Live delivery (topic actors) needs both encodings: its subscribers may speak either.
       // Seqs are gapless above the retention floor, so the entries wanted are the seq range
@@ -465,7 +462,7 @@ export class Journal extends Context.Service<Journal, {
               if (seq === 0) epoch = typeof r.item === "string" ? r.item : utf8Decoder.decode(r.item)
               else slots[seq - first] = r.item
             }
-            return packPage(epoch, first, slots)
+            return packPage(epoch, first, encoding, slots)
           })
         )
       }

@@ -37,7 +37,7 @@ describe("packed replay pages", () => {
       for (const encoding of ["pb", "json"] as const) {
         const slots = present.map((p, k) => (p ? (encoding === "pb" ? bytes(k) : text(k)) : undefined))
         // A tiny join limit on odd rounds: the entries stay separate strings.
-        const page = packPage("e", first, slots, round % 2 === 0 ? 1 << 26 : 100)
+        const page = packPage("e", first, encoding, slots, round % 2 === 0 ? 1 << 26 : 100)
         for (const after of [0, first - 1, first, first + 17, first + REPLAY_PAGE - 2, first + REPLAY_PAGE - 1]) {
           const got = unpackAfter(page, after)
           const want = slots.flatMap((item, k) => (item !== undefined && first + k > after ? [{ seq: first + k, item }] : []))
