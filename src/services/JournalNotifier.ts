@@ -25,7 +25,7 @@ export const RESYNC_ALL_PAYLOAD = "*"
 /** Topics awaiting a flush beyond which the notifier sends `RESYNC_ALL_PAYLOAD` instead. */
 export const MAX_PENDING_TOPICS = 50_000
 
-/** Topics per `pg_notify` statement (one statement per chunk, all in one transaction). */
+/** Topics per `pg_notify` statement (each chunk its own statement and transaction). */
 const CHUNK = 5_000
 
 interface Head {
@@ -72,21 +72,20 @@ export class JournalNotifier extends Context.Service<JournalNotifier, {
         w?.()
       }
 
-      // Up to CHUNK topics: one statement in its own transaction, one round trip instead of
-      // BEGIN, SET LOCAL, the notification and COMMIT. It turns synchronous_commit off for itself
-      // (`set_config(…, true)` lasts until that transaction's commit, which reads it). On Postgres
-      // 15 a notification-only transaction writes a commit record but did not wait for a WAL flush
-      // even before (100 of them: one WAL sync), so the setting is a guarantee, not a speed-up.
-      const sendOne = (payloads: ReadonlyArray<string>) =>
-        sql`SELECT pg_notify(${JOURNAL_CHANNEL}, p)
-            FROM (SELECT set_config('synchronous_commit', 'off', true)) AS off, unnest(${payloads}::text[]) AS p`
+      // One statement per chunk, each its own transaction (one round trip instead of BEGIN, SET
+      // LOCAL, the notification and COMMIT), turning synchronous_commit off for itself:
+      // `set_config(…, true)` lasts until that transaction's commit, which reads it. (On Postgres 15
+      // a notification-only transaction did not wait for a WAL flush before either — 100 of them:
+      // one WAL sync — so this is a guarantee, not a speed-up.) A failed send re-announces all it
+      // took, so a chunk that got through may be notified twice: listeners ignore a head they have.
       const send = (payloads: ReadonlyArray<string>) =>
-        payloads.length <= CHUNK ? sendOne(payloads) : sql.withTransaction(Effect.gen(function*() {
-          yield* sql`SET LOCAL synchronous_commit TO OFF`
-          for (let i = 0; i < payloads.length; i += CHUNK) {
-            yield* sql`SELECT pg_notify(${JOURNAL_CHANNEL}, p) FROM unnest(${payloads.slice(i, i + CHUNK)}::text[]) AS p`
-          }
-        }))
+        Effect.forEach(
+          Array.from({ length: Math.ceil(payloads.length / CHUNK) }, (_, k) => payloads.slice(k * CHUNK, (k + 1) * CHUNK)),
+          (chunk) =>
+            sql`SELECT pg_notify(${JOURNAL_CHANNEL}, p)
+                FROM (SELECT set_config('synchronous_commit', 'off', true)) AS off, unnest(${chunk}::text[]) AS p`,
+          { discard: true }
+        )
 
       /** Sends what is pending; on failure puts it back (merged with what arrived meanwhile). */
       const flushOnce = sending.withPermits(1)(Effect.suspend(() => {
