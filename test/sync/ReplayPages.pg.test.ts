@@ -9,6 +9,7 @@ import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
 import { Journal, type JournalDraft, packPage, REPLAY_PAGE, unpackAfter } from "../../src/services/Journal.ts"
+import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
 
 const drafts = (topic: string, n: number, docKeyBytes = 0): Array<JournalDraft> =>
@@ -26,8 +27,7 @@ const range = (from: number, to: number) => Array.from({ length: to - from + 1 }
 
 describe("packed replay pages", () => {
   it("pack → unpack after any seq gives the page's entries in seq order, with holes, both encodings", () => {
-    let state = 7
-    const rand = () => ((state = (state * 1103515245 + 12345) % 2147483648) / 2147483648)
+    const rand = seeded(7)
     const first = 3 * REPLAY_PAGE + 1
     for (let round = 0; round < 40; round++) {
       const full = round % 4 === 0
