@@ -654,6 +654,13 @@ class Connection {
       let exhausted = last >= position.headSeq
       let behind = false
       const encoding = subprotocol === "khala.v1.proto" ? "pb" : "json"
+      // The cursor cannot be served: the subscription ends with stale_cursor and the topic's position.
+      const endStale = (reason: string) =>
+        Effect.gen(function*() {
+          const current = yield* journal.position(sub.topic)
+          yield* self.removeSubscription(sub.topic, false, true)
+          return yield* self.sendError(staleError(sub.topic, current, reason, requestId))
+        })
       // Aligned pages, shared by every replay of the topic (Journal.readReplayPage).
       const readPage = (after: number) => journal.readReplayPage(sub.topic, position.epoch, after, encoding)
       let prefetched: { readonly after: number; readonly fiber: Fiber.Fiber<ReplayPage, SqlError> } | undefined
@@ -666,9 +673,7 @@ class Connection {
             return
           }
           if (joined._tag === "EpochChanged") {
-            const current = yield* journal.position(sub.topic)
-            yield* self.removeSubscription(sub.topic, false, true)
-            return yield* self.sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
+            return yield* endStale("the journal epoch changed")
           }
           exhausted = false
           behind = true
@@ -680,9 +685,7 @@ class Connection {
         prefetched = undefined
         if (page.epochChanged) {
           // A rebuild moved the journal to another epoch: the cursor names entries that are gone.
-          const current = yield* journal.position(sub.topic)
-          yield* self.removeSubscription(sub.topic, false, true)
-          return yield* self.sendError(staleError(sub.topic, current, "the journal epoch changed", requestId))
+          return yield* endStale("the journal epoch changed")
         }
         const rows = page.entries
         if (page.more && rows.length > 0 && rows[0]!.seq === last + 1) {
@@ -695,9 +698,7 @@ class Connection {
         behind = false
         if (vanished || (rows.length > 0 && rows[0]!.seq !== last + 1)) {
           // Retention compacted entries this replay still needed.
-          const current = yield* journal.position(sub.topic)
-          yield* self.removeSubscription(sub.topic, false, true)
-          return yield* self.sendError(staleError(sub.topic, current, "entries after after_seq were compacted", requestId))
+          return yield* endStale("entries after after_seq were compacted")
         }
         for (
           const frame of chunkUpdates(subprotocol, { topic: sub.topic, epoch: position.epoch, replay: true }, rows, {
