@@ -88,7 +88,8 @@ if (flags.help) {
   --scale-subscribers=100,500,1000 --scale-topics=100,500,1000 --scale-retained=10000,50000,100000
   --timeout=S             hard limit for the whole run (default 3600, quick 600)
 env: DATABASE_URL (Khala on a fresh database there instead of embedded Postgres),
-     BENCH_CPU_PROF=1 (Khala daemon under --cpu-prof; profile summarised in the report)
+     BENCH_CPU_PROF=1 (Khala daemon under --cpu-prof; profile summarised in the report),
+     BENCH_DAEMON_NODE_ARGS="--trace-gc …" (extra Node flags for the Khala daemon, e.g. to diagnose)
 `)
   process.exit(0)
 }

@@ -101,7 +101,8 @@ export const startKhala = async (opts: KhalaOptions): Promise<Server & { readonl
     notes.push("Khala with its embedded Postgres (durable: fsync on), pinned with the daemon")
   }
   // The daemon's own Node flags (as `npm start` runs it: docs/OPERATIONS.md, memory).
-  const nodeArgs = ["--max-semi-space-size=16", "--heap-growing-percent=100", ...(opts.cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", opts.cpuProfDir] : [])]
+  const nodeArgs = ["--max-semi-space-size=16", "--heap-growing-percent=100", ...(opts.cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", opts.cpuProfDir] : []),
+    ...(process.env["BENCH_DAEMON_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? [])]
   const { cmd, args } = pinned(opts.core, process.execPath, [...nodeArgs, "src/main.ts"])
   const logFile = path.join(opts.logDir, `khala-${port}.log`)
   const log = fs.openSync(logFile, "w")

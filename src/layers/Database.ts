@@ -15,7 +15,11 @@ export class EmbeddedPostgresError extends Schema.TaggedError<EmbeddedPostgresEr
 }) {}
 
 /** Starts an embedded cluster for the current scope. */
-export const embeddedPostgres = (options: { readonly dataDir: string; readonly durable: boolean }) =>
+export const embeddedPostgres = (options: {
+  readonly dataDir: string
+  readonly durable: boolean
+  readonly settings?: Readonly<Record<string, string>>
+}) =>
   Effect.acquireRelease(
     Effect.tryPromise({
       try: () => startEmbeddedPostgres(options),
@@ -32,8 +36,10 @@ export const DatabaseLive = Layer.unwrap(
   Effect.gen(function*() {
     const config = yield* KhalaConfig
     if (Option.isSome(config.databaseUrl)) return pgClientLayer(config.databaseUrl.value, config.dbMaxConnections)
-    const pg = yield* embeddedPostgres({ dataDir: path.join(config.dataDir, "pg"), durable: true })
-    yield* Effect.logInfo(`embedded postgres on 127.0.0.1:${pg.port} (data: ${pg.dataDir})`)
+    const settings = config.embeddedPgSettings
+    const pg = yield* embeddedPostgres({ dataDir: path.join(config.dataDir, "pg"), durable: true, settings })
+    const shown = Object.entries(settings).map(([name, value]) => `${name}=${value}`).join(", ")
+    yield* Effect.logInfo(`embedded postgres on 127.0.0.1:${pg.port} (data: ${pg.dataDir}; ${shown || "default settings"})`)
     return pgClientLayer(Redacted.make(pg.url), config.dbMaxConnections)
   })
 )

@@ -22,6 +22,7 @@ export interface EmbeddedPostgresOptions {
   readonly port?: number;                   // 0/undefined => a free port
   readonly durable?: boolean;               // false => fsync/synchronous_commit/full_page_writes off (tests)
   readonly onLog?: (line: string) => void;  // postgres server log lines
+  readonly settings?: Readonly<Record<string, string>>; // extra server settings (`-c name=value`)
 }
 
 type Ident = { uid: number; gid: number };
@@ -157,7 +158,8 @@ export const startEmbeddedPostgres = async (opts: EmbeddedPostgresOptions): Prom
 
   const port = opts.port || (await freePort());
   const args = ["-D", dataDir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-    ...(opts.durable === false ? ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"] : [])];
+    ...(opts.durable === false ? ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"] : []),
+    ...Object.entries(opts.settings ?? {}).flatMap(([name, value]) => ["-c", `${name}=${value}`])];
   // Parent-death watchdog: sh runs postgres in the background and sends it SIGINT (fast shutdown) as
   // soon as its stdin pipe hits EOF -- when stop() closes it, or when this Node process dies for any
   // reason, SIGKILL included. fd 3 is needed because POSIX sh gives background jobs /dev/null as stdin.

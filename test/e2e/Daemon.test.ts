@@ -82,8 +82,11 @@ describe("daemon lifecycle (embedded defaults)", () => {
 
   it("restarts on the same data dir with the run and the dev secrets kept", async () => {
     assert.isDefined(secrets, "needs the previous test")
-    daemon = await startDaemon(dataDir)
+    // An operator's embedded Postgres setting is applied on top of the defaults (Postgres refuses
+    // to start on a setting it does not know, so readiness is the proof it was passed).
+    daemon = await startDaemon(dataDir, { KHALA_EMBEDDED_PG_SETTINGS: "work_mem=8MB" })
     await waitReady(daemon)
+    assert.match(daemon.output(), /embedded postgres on [^\n]*shared_buffers=\d+MB, work_mem=8MB/)
     assert.deepStrictEqual(readSecrets(dataDir), secrets)
 
     const res = await fetch(`${daemon.url}/internal/v1/runs/r1`, {
@@ -174,6 +177,18 @@ describe("production mode", () => {
       assert.include(daemon.output(), name)
     }
     assert.isFalse(fs.existsSync(path.join(dataDir, "dev-secrets.json")), "no dev secrets in production")
+    assert.deepStrictEqual(livePostgres(dataDir), [])
+  })
+})
+
+describe("embedded Postgres settings", () => {
+  it("a malformed KHALA_EMBEDDED_PG_SETTINGS stops the start with a message naming it", async () => {
+    const dataDir = tempDir("khala-e2e-pgset-")
+    const daemon = await startDaemon(dataDir, { KHALA_EMBEDDED_PG_SETTINGS: "shared_buffers" })
+    const exit = await exitWithin(daemon, 15_000)
+    assert.isDefined(exit, `still running 15 s later:\n${daemon.output()}`)
+    assert.notStrictEqual(exit!.code, 0)
+    assert.include(daemon.output(), `KHALA_EMBEDDED_PG_SETTINGS: "shared_buffers" is not name=value`)
     assert.deepStrictEqual(livePostgres(dataDir), [])
   })
 })
