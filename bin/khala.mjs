@@ -10,6 +10,7 @@ import { existsSync } from "node:fs"
 import { constants } from "node:os"
 import { dirname, join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { daemonNodeFlags } from "./node-flags.mjs"
 
 // Node resolves the main module's symlinks (node_modules/.bin/khala -> ../../bin/khala.mjs), so this
 // is the real package root.
@@ -27,8 +28,8 @@ if (nodeBinary === undefined) {
   process.exit(1)
 }
 
-// --max-semi-space-size, --heap-growing-percent: see docs/OPERATIONS.md (memory); the same flags as `npm start`.
-const child = spawn(nodeBinary, ["--max-semi-space-size=16", "--heap-growing-percent=100", cli, ...process.argv.slice(2)], { stdio: "inherit" })
+// The daemon's flags for the cores it gets (bin/node-flags.mjs; docs/OPERATIONS.md, memory).
+const child = spawn(nodeBinary, [...daemonNodeFlags(), cli, ...process.argv.slice(2)], { stdio: "inherit" })
 
 const forwarded = ["SIGINT", "SIGTERM", "SIGHUP"]
 const forward = (signal) => {

@@ -10,6 +10,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { daemonNodeFlags } from "../../bin/node-flags.mjs"
 
 export const ROOT = path.resolve(import.meta.dirname, "..", "..")
 /** The Node 24 that `npm start` uses (`node_modules/.bin` is first on PATH under npm scripts). */
@@ -103,11 +104,11 @@ export interface Daemon extends Spawned {
   readonly url: string
 }
 
-/** Spawns the daemon exactly as `npm start` does: `node src/main.ts` on Node 24. */
+/** Spawns the daemon as `npm start` does (`khala serve`, minus the launcher): `src/main.ts` on Node 24 with its flags. */
 export const startDaemon = async (dataDir: string, extraEnv: Record<string, string> = {}): Promise<Daemon> => {
   const port = await freePort()
   const env = cleanEnv({ KHALA_DATA_DIR: dataDir, KHALA_PORT: String(port), KHALA_HOST: "127.0.0.1", ...extraEnv })
-  const spawned = spawnTracked(NODE24, ["--max-semi-space-size=16", "--heap-growing-percent=100", "src/main.ts"], env) // as `npm start`
+  const spawned = spawnTracked(NODE24, [...daemonNodeFlags(), "src/main.ts"], env) // `npm start`'s flags
   return { ...spawned, port, dataDir, url: `http://127.0.0.1:${port}` }
 }
 
