@@ -311,6 +311,88 @@ export const encodeUpdatesFrameProto = (header: UpdatesHeader, items: ReadonlyAr
   return out
 }
 
+/**
+ * Items already in their `Updates.items` form, back to back: each entry as `TAG_ITEM`, its length
+ * and its bytes. A replay page keeps its protobuf entries so (Journal `PackedPage`), which makes
+ * any run of consecutive entries one byte range that a frame takes with one copy.
+ */
+export const DELIMITED_ITEM_TAG = TAG_ITEM
+
+/** Bytes an item of `length` bytes takes in delimited form (tag + length prefix + bytes). */
+export const delimitedItemSize = delimitedSize
+
+/** Writes `item` at `pos` in delimited form; returns the position after it. */
+export const writeDelimitedItem = (out: Uint8Array, pos: number, item: Uint8Array): number => {
+  out[pos++] = TAG_ITEM
+  pos = writeVarint(out, pos, item.byteLength)
+  out.set(item, pos)
+  return pos + item.byteLength
+}
+
+/** Where the item's own bytes start in its delimited form at `pos` (after tag and length). */
+export const delimitedItemStart = (bytes: Uint8Array, pos: number): number => {
+  pos++ // the tag
+  while (bytes[pos++]! & 0x80) {
+    // the length's continuation bytes
+  }
+  return pos
+}
+
+/**
+ * `encodeUpdatesFrameProto` for items given as one range of delimited items (`delimited`, e.g. a
+ * slice of a packed replay page): the same bytes, one copy of the range instead of one per item.
+ */
+export const encodeUpdatesFrameProtoDelimited = (header: UpdatesHeader, delimited: Uint8Array): Uint8Array => {
+  const topicBytes = utf8ByteLength(header.topic)
+  const epochBytes = utf8ByteLength(header.epoch)
+  const body = (topicBytes > 0 ? delimitedSize(topicBytes) : 0) + (epochBytes > 0 ? delimitedSize(epochBytes) : 0)
+    + delimited.byteLength + (header.replay ? 2 : 0)
+  const out = new Uint8Array(delimitedSize(body))
+  out[0] = TAG_SERVER_FRAME_UPDATES
+  let pos = writeVarint(out, 1, body)
+  if (topicBytes > 0) pos = writeStringField(out, pos, TAG_TOPIC, header.topic, topicBytes)
+  if (epochBytes > 0) pos = writeStringField(out, pos, TAG_EPOCH, header.epoch, epochBytes)
+  out.set(delimited, pos)
+  pos += delimited.byteLength
+  if (header.replay) {
+    out[pos++] = TAG_REPLAY
+    out[pos++] = 1
+  }
+  return out
+}
+
+/**
+ * `chunkUpdatesProto` for consecutive items kept in delimited form: entry k (from ≤ k < to) is
+ * `delimited[ends[k − 1] ?? 0, ends[k])`. Same greedy split (at most `maxItems` items and
+ * `maxFrameBytes` bytes per frame, an item too large for the budget alone in its frame) and the
+ * same bytes, without an object per item.
+ */
+export const chunkDelimitedUpdatesProto = (
+  header: UpdatesHeader,
+  delimited: Uint8Array,
+  ends: ArrayLike<number>,
+  from: number,
+  to: number,
+  limits: ChunkLimits
+): Array<Uint8Array> => {
+  const fixed = stringFieldSize(header.topic) + stringFieldSize(header.epoch) + (header.replay ? 2 : 0)
+  const maxItems = Math.max(1, Math.floor(limits.maxItems))
+  const frames: Array<Uint8Array> = []
+  let i = from
+  while (i < to) {
+    const start = i === 0 ? 0 : ends[i - 1]!
+    let j = i
+    while (j < to) {
+      const count = j - i
+      if (count > 0 && (count >= maxItems || delimitedSize(fixed + ends[j]! - start) > limits.maxFrameBytes)) break
+      j++
+    }
+    frames.push(encodeUpdatesFrameProtoDelimited(header, delimited.subarray(start, ends[j - 1]!)))
+    i = j
+  }
+  return frames
+}
+
 /** Writes a string field whose UTF-8 length is `bytes` (ASCII copied directly: no allocation). */
 const writeStringField = (out: Uint8Array, pos: number, tag: number, s: string, bytes: number): number => {
   out[pos++] = tag

@@ -687,29 +687,30 @@ class Connection {
           // A rebuild moved the journal to another epoch: the cursor names entries that are gone.
           return yield* endStale("the journal epoch changed")
         }
-        const rows = page.entries
-        if (page.more && rows.length > 0 && rows[0]!.seq === last + 1) {
-          const after = rows[rows.length - 1]!.seq
+        const count = page.count
+        if (page.more && count > 0 && page.firstSeq === last + 1) {
+          const after = page.lastSeq
           prefetched = { after, fiber: yield* Effect.forkChild(readPage(after)) }
         }
         // The actor is ahead of `last` but the journal has nothing after it: entries were removed
         // under us (never in normal operation); the cursor cannot be served.
-        const vanished = behind && rows.length === 0
+        const vanished = behind && count === 0
         behind = false
-        if (vanished || (rows.length > 0 && rows[0]!.seq !== last + 1)) {
+        if (vanished || (count > 0 && page.firstSeq !== last + 1)) {
           // Retention compacted entries this replay still needed.
           return yield* endStale("entries after after_seq were compacted")
         }
-        for (
-          const frame of chunkUpdates(subprotocol, { topic: sub.topic, epoch: position.epoch, replay: true }, rows, {
-            maxItems: MAX_ITEMS_PER_FRAME,
-            maxFrameBytes: config.maxFrameBytes
-          })
-        ) {
+        const header = { topic: sub.topic, epoch: position.epoch, replay: true }
+        const limits = { maxItems: MAX_ITEMS_PER_FRAME, maxFrameBytes: config.maxFrameBytes }
+        // Protobuf frames straight from the page's bytes; JSON ones from its entries' strings.
+        const frames: ReadonlyArray<EncodedFrame> = encoding === "pb"
+          ? page.framesProto(header, limits)
+          : chunkUpdates(subprotocol, header, page.entries, limits)
+        for (const frame of frames) {
           if (!(yield* self.outbound.offerWait(frame))) return
         }
-        if (rows.length > 0) last = rows[rows.length - 1]!.seq
-        exhausted = !page.more || rows.length === 0
+        if (count > 0) last = page.lastSeq
+        exhausted = !page.more || count === 0
       }
     }).pipe(
       Effect.catchTag("SqlError", (e) =>

@@ -23,7 +23,15 @@ import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
 import { type Update, UpdateSchema } from "../gen/openagents/sync/v1/frames_pb.ts"
 import { bodyEncoder, type EncodedBody, encodeUpdate } from "../domain/UpdateEncoding.ts"
-import { utf8ByteLength } from "../domain/Protocol.ts"
+import {
+  type ChunkLimits,
+  chunkDelimitedUpdatesProto,
+  delimitedItemSize,
+  delimitedItemStart,
+  type UpdatesHeader,
+  utf8ByteLength,
+  writeDelimitedItem
+} from "../domain/Protocol.ts"
 import { coalescedReads } from "./CoalescedReads.ts"
 import { byteaArray, int8Array, textArray, timestamptzArray } from "./SqlArrays.ts"
 import { KhalaConfig } from "../layers/Config.ts"
@@ -99,23 +107,13 @@ const utf8Decoder = new TextDecoder()
 /** Entries per replay page; page k holds seqs k·REPLAY_PAGE+1 … (k+1)·REPLAY_PAGE. */
 export const REPLAY_PAGE = 2000
 
-/** A slice of a replay page: entries after the requested seq, and whether the page was full. */
-export interface ReplayPage {
-  readonly entries: ReadonlyArray<StoredEntry>
-  /**
-   * The page is filled up to its last seq: entries after it may exist. False ⇒ the journal ends
-   * inside this page.
-   */
-  readonly more: boolean
-  /** The journal is in another epoch than the one asked for: no entries of it are the reader's. */
-  readonly epochChanged?: true
-}
-
 /**
  * A replay page as kept in memory: its entries' encodings (one subprotocol's) packed into one
  * buffer or one string, with each entry's seq offset and end. A cached page is a handful of
  * objects instead of a few per entry (which every scavenge of a replay had to copy and promote,
- * and every major GC to mark); readers get short-lived views (`unpackAfter`).
+ * and every major GC to mark). Protobuf entries are kept in their `Updates.items` form (tag,
+ * length, bytes), so consecutive entries are one byte range a replay frame copies at once
+ * (`ReplayPage.framesProto`); readers that need entries get short-lived views (`entries`).
  */
 export interface PackedPage {
   readonly epoch: string
@@ -123,8 +121,12 @@ export interface PackedPage {
   readonly count: number
   /** Entry i is seq `first + offsets[i]`, ascending. */
   readonly offsets: Uint16Array
-  /** Entry i ends at `ends[i]` (bytes of `pb`, or UTF-16 units of `json`); it starts where i − 1 ends. */
+  /**
+   * Entry i ends at `ends[i]` (bytes of `pb`, or UTF-16 units of `json`); it starts where i − 1
+   * ends.
+   */
   readonly ends: Float64Array
+  /** The entries as delimited `Updates.items` fields, back to back. */
   readonly pb: Uint8Array | undefined
   /** One string, or the entries' own strings when joined they would near V8's string length limit. */
   readonly json: string | ReadonlyArray<string> | undefined
@@ -151,7 +153,7 @@ export const packPage = (
     const item = slots[k]
     if (item === undefined) continue
     count++
-    size += typeof item === "string" ? item.length : item.byteLength
+    size += typeof item === "string" ? item.length : delimitedItemSize(item.byteLength)
   }
   const offsets = new Uint16Array(count)
   const ends = new Float64Array(count)
@@ -167,8 +169,7 @@ export const packPage = (
       parts.push(item)
       at += item.length
     } else {
-      pb!.set(item, at)
-      at += item.byteLength
+      at = writeDelimitedItem(pb!, at, item)
     }
     ends[i++] = at
   }
@@ -178,22 +179,81 @@ export const packPage = (
   return { epoch, first, count, offsets, ends, pb, json, bytes: 256 + perEntry * count + (binary ? size : 2 * size) }
 }
 
-/** The entries of a packed page after `afterSeq`, as views into it, and whether more may follow. */
+/**
+ * What a replay reads of one page: its entries after the requested seq (`page` entries `from` …
+ * `count − 1`), and whether the page was full.
+ */
+export class ReplayPage {
+  readonly page: PackedPage | undefined
+  /** Index in `page` of the first entry after the requested seq. */
+  readonly from: number
+  /**
+   * The page is filled up to its last seq: entries after it may exist. False ⇒ the journal ends
+   * inside this page.
+   */
+  readonly more: boolean
+  /** The journal is in another epoch than the one asked for: no entries of it are the reader's. */
+  readonly epochChanged: boolean
+
+  constructor(page: PackedPage | undefined, from: number, more: boolean, epochChanged = false) {
+    this.page = page
+    this.from = from
+    this.more = more
+    this.epochChanged = epochChanged
+  }
+
+  static readonly epochChanged = new ReplayPage(undefined, 0, false, true)
+
+  /** Entries after the requested seq. */
+  get count(): number {
+    return this.page === undefined ? 0 : this.page.count - this.from
+  }
+
+  /** Seq of the first entry after the requested seq (`count` > 0). */
+  get firstSeq(): number {
+    return this.page!.first + this.page!.offsets[this.from]!
+  }
+
+  /** Seq of the last entry (`count` > 0). */
+  get lastSeq(): number {
+    return this.page!.first + this.page!.offsets[this.page!.count - 1]!
+  }
+
+  /** The entries after the requested seq, ascending, as views into the page. */
+  get entries(): Array<StoredEntry> {
+    const page = this.page
+    if (page === undefined) return []
+    const { offsets, ends, pb, json, first, count } = page
+    const entries: Array<StoredEntry> = new Array(count - this.from)
+    for (let i = this.from, j = 0; i < count; i++, j++) {
+      const start = i === 0 ? 0 : ends[i - 1]!
+      const seq = first + offsets[i]!
+      entries[j] = pb !== undefined
+        ? { seq, pb: pb.subarray(delimitedItemStart(pb, start), ends[i]!), json: "" }
+        : { seq, pb: NO_BYTES, json: typeof json === "string" ? json.slice(start, ends[i]!) : json![i]! }
+    }
+    return entries
+  }
+
+  /**
+   * The protobuf `Updates` frames of the entries after the requested seq (a page read for
+   * "pb"): `chunkUpdates` of `entries`, byte for byte, one copy per frame.
+   */
+  framesProto(header: UpdatesHeader, limits: ChunkLimits): Array<Uint8Array> {
+    const page = this.page
+    if (page === undefined || page.pb === undefined) return []
+    return chunkDelimitedUpdatesProto(header, page.pb, page.ends, this.from, page.count, limits)
+  }
+}
+
+/** The entries of a packed page after `afterSeq`, and whether more may follow. */
 export const unpackAfter = (page: PackedPage, afterSeq: number): ReplayPage => {
-  const { offsets, ends, pb, json, first, count } = page
+  const { offsets, first, count } = page
   let i = 0
   while (i < count && first + offsets[i]! <= afterSeq) i++
-  const entries: Array<StoredEntry> = new Array(count - i)
-  for (let j = 0; i < count; i++, j++) {
-    const start = i === 0 ? 0 : ends[i - 1]!
-    const seq = first + offsets[i]!
-    entries[j] = pb !== undefined
-      ? { seq, pb: pb.subarray(start, ends[i]!), json: "" }
-      : { seq, pb: NO_BYTES, json: typeof json === "string" ? json.slice(start, ends[i]!) : json![i]! }
-  }
   // More may follow when the page is filled up to its last seq.
   const more = count > 0 && offsets[count - 1] === REPLAY_PAGE - 1
-  return { entries, more }
+  return new ReplayPage(page, i, more)
 }
 
 /** `{topic: last seq appended to it}` for one command. */
@@ -507,7 +567,7 @@ export class Journal extends Context.Service<Journal, {
           const packed = yield* Deferred.await(pending)
           // The journal moved to another epoch: its seqs name other entries, none of them this
           // replay's (it ends with the epoch change).
-          if (packed.epoch !== pageEpoch) return { entries: [], more: false, epochChanged: true } satisfies ReplayPage
+          if (packed.epoch !== pageEpoch) return ReplayPage.epochChanged
           return unpackAfter(packed, afterSeq)
         })
 

@@ -8,6 +8,7 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
+import { chunkUpdatesProto } from "../../src/domain/Protocol.ts"
 import { Journal, type JournalDraft, packPage, REPLAY_PAGE, unpackAfter } from "../../src/services/Journal.ts"
 import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
@@ -48,7 +49,39 @@ describe("packed replay pages", () => {
             assert.deepStrictEqual(got.entries.map((e) => e.json), want.map((w) => w.item as string))
           }
           assert.strictEqual(got.more, present[REPLAY_PAGE - 1] === true)
+          assert.strictEqual(got.count, want.length)
+          if (want.length > 0) {
+            assert.strictEqual(got.firstSeq, want[0]!.seq)
+            assert.strictEqual(got.lastSeq, want[want.length - 1]!.seq)
+          }
         }
+      }
+    }
+  })
+
+  it("protobuf frames straight from a packed page are chunkUpdates of its entries, byte for byte", () => {
+    const rand = seeded(11)
+    const first = REPLAY_PAGE + 1
+    const source = Uint8Array.from({ length: 70_000 }, () => Math.floor(rand() * 256))
+    for (let round = 0; round < 30; round++) {
+      // Sizes around the one- and two-byte length prefixes, and now and then one over the budget.
+      const size = () => (rand() < 0.01 ? 20_000 + Math.floor(rand() * 50_000) : Math.floor(rand() * (rand() < 0.5 ? 130 : 400)))
+      const slots = Array.from({ length: REPLAY_PAGE }, (_, k) => {
+        const n = size()
+        return rand() < 0.9 ? source.subarray(k % 97, (k % 97) + n) : undefined
+      })
+      const page = packPage("e", first, "pb", slots)
+      const limits = {
+        maxItems: 1 + Math.floor(rand() * (rand() < 0.5 ? 4 : 600)),
+        maxFrameBytes: 64 + Math.floor(rand() * 70_000)
+      }
+      const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
+      for (const after of [0, first + Math.floor(rand() * REPLAY_PAGE), first + REPLAY_PAGE - 1]) {
+        const slice = unpackAfter(page, after)
+        const want = chunkUpdatesProto(header, slice.entries.map((e) => e.pb), limits)
+        const got = slice.framesProto(header, limits)
+        assert.strictEqual(got.length, want.length, `round ${round}`)
+        got.forEach((frame, i) => assert.isTrue(Buffer.from(frame).equals(want[i]!), `round ${round} frame ${i}`))
       }
     }
   })
@@ -124,11 +157,11 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "pb")).entries), range(1, REPLAY_PAGE))
         assert.notInclude(seqs((yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE, "pb")).entries), 2 * REPLAY_PAGE + 200)
         // Another epoch's page: the journal's rows are not its entries.
-        assert.deepStrictEqual(yield* journal.readReplayPage(topic, "another-epoch", 0, "pb"), {
-          entries: [],
-          more: false,
-          epochChanged: true
-        })
+        const other = yield* journal.readReplayPage(topic, "another-epoch", 0, "pb")
+        assert.isTrue(other.epochChanged)
+        assert.isFalse(other.more)
+        assert.strictEqual(other.count, 0)
+        assert.deepStrictEqual(other.entries, [])
       }))
 
     it.effect("a page the retention floor cuts holds what is left of it, in seq order; it is never cached", () =>
