@@ -284,26 +284,25 @@ const stringFieldSize = (s: string): number => (s.length === 0 ? 0 : delimitedSi
 
 /**
  * `ServerFrame{updates: Updates{topic, epoch, items, replay}}` in protobuf, written by hand into
- * one buffer of the exact size; each item's bytes are copied in as-is. Field order and default
- * omission follow `toBinary`, so the output is byte-identical to it.
+ * one buffer of the exact size: the header fields, then `itemsBytes` of delimited items written by
+ * `writeItems`, then `replay`. Field order and default omission follow `toBinary`, so the output
+ * is byte-identical to it.
  */
-export const encodeUpdatesFrameProto = (header: UpdatesHeader, items: ReadonlyArray<Uint8Array>): Uint8Array => {
+const encodeFrameProto = (
+  header: UpdatesHeader,
+  itemsBytes: number,
+  writeItems: (out: Uint8Array, pos: number) => number
+): Uint8Array => {
   const topicBytes = utf8ByteLength(header.topic)
   const epochBytes = utf8ByteLength(header.epoch)
-  let body = (topicBytes > 0 ? delimitedSize(topicBytes) : 0) + (epochBytes > 0 ? delimitedSize(epochBytes) : 0)
-  for (const item of items) body += delimitedSize(item.byteLength)
-  if (header.replay) body += 2
+  const body = (topicBytes > 0 ? delimitedSize(topicBytes) : 0) + (epochBytes > 0 ? delimitedSize(epochBytes) : 0)
+    + itemsBytes + (header.replay ? 2 : 0)
   const out = new Uint8Array(delimitedSize(body))
   out[0] = TAG_SERVER_FRAME_UPDATES
   let pos = writeVarint(out, 1, body)
   if (topicBytes > 0) pos = writeStringField(out, pos, TAG_TOPIC, header.topic, topicBytes)
   if (epochBytes > 0) pos = writeStringField(out, pos, TAG_EPOCH, header.epoch, epochBytes)
-  for (const item of items) {
-    out[pos++] = TAG_ITEM
-    pos = writeVarint(out, pos, item.byteLength)
-    out.set(item, pos)
-    pos += item.byteLength
-  }
+  pos = writeItems(out, pos)
   if (header.replay) {
     out[pos++] = TAG_REPLAY
     out[pos++] = 1
@@ -311,14 +310,22 @@ export const encodeUpdatesFrameProto = (header: UpdatesHeader, items: ReadonlyAr
   return out
 }
 
-/**
- * Items already in their `Updates.items` form, back to back: each entry as `TAG_ITEM`, its length
- * and its bytes. A replay page keeps its protobuf entries so (Journal `PackedPage`), which makes
- * any run of consecutive entries one byte range that a frame takes with one copy.
- */
-export const DELIMITED_ITEM_TAG = TAG_ITEM
+/** The `Updates` frame of `items` (each copied in as-is) in protobuf, byte-identical to `toBinary`. */
+export const encodeUpdatesFrameProto = (header: UpdatesHeader, items: ReadonlyArray<Uint8Array>): Uint8Array => {
+  let itemsBytes = 0
+  for (const item of items) itemsBytes += delimitedSize(item.byteLength)
+  return encodeFrameProto(header, itemsBytes, (out, pos) => {
+    for (const item of items) pos = writeDelimitedItem(out, pos, item)
+    return pos
+  })
+}
 
-/** Bytes an item of `length` bytes takes in delimited form (tag + length prefix + bytes). */
+/**
+ * Items in their `Updates.items` form, back to back: each as its tag, its length and its bytes.
+ * A replay page keeps its protobuf entries so (Journal `PackedPage`), which makes any run of
+ * consecutive entries one byte range that a frame takes with one copy. This is the size an item
+ * of `length` bytes takes in that form (tag + length prefix + bytes).
+ */
 export const delimitedItemSize = delimitedSize
 
 /** Writes `item` at `pos` in delimited form; returns the position after it. */
@@ -342,24 +349,11 @@ export const delimitedItemStart = (bytes: Uint8Array, pos: number): number => {
  * `encodeUpdatesFrameProto` for items given as one range of delimited items (`delimited`, e.g. a
  * slice of a packed replay page): the same bytes, one copy of the range instead of one per item.
  */
-export const encodeUpdatesFrameProtoDelimited = (header: UpdatesHeader, delimited: Uint8Array): Uint8Array => {
-  const topicBytes = utf8ByteLength(header.topic)
-  const epochBytes = utf8ByteLength(header.epoch)
-  const body = (topicBytes > 0 ? delimitedSize(topicBytes) : 0) + (epochBytes > 0 ? delimitedSize(epochBytes) : 0)
-    + delimited.byteLength + (header.replay ? 2 : 0)
-  const out = new Uint8Array(delimitedSize(body))
-  out[0] = TAG_SERVER_FRAME_UPDATES
-  let pos = writeVarint(out, 1, body)
-  if (topicBytes > 0) pos = writeStringField(out, pos, TAG_TOPIC, header.topic, topicBytes)
-  if (epochBytes > 0) pos = writeStringField(out, pos, TAG_EPOCH, header.epoch, epochBytes)
-  out.set(delimited, pos)
-  pos += delimited.byteLength
-  if (header.replay) {
-    out[pos++] = TAG_REPLAY
-    out[pos++] = 1
-  }
-  return out
-}
+export const encodeUpdatesFrameProtoDelimited = (header: UpdatesHeader, delimited: Uint8Array): Uint8Array =>
+  encodeFrameProto(header, delimited.byteLength, (out, pos) => {
+    out.set(delimited, pos)
+    return pos + delimited.byteLength
+  })
 
 /**
  * `chunkUpdatesProto` for consecutive items kept in delimited form: entry k (from ≤ k < to) is
