@@ -28,8 +28,8 @@ if (nodeBinary === undefined) {
   process.exit(1)
 }
 
-// The daemon's flags for the cores it gets (bin/node-flags.mjs; docs/OPERATIONS.md, memory).
-const child = spawn(nodeBinary, [...daemonNodeFlags(), cli, ...process.argv.slice(2)], { stdio: "inherit" })
+// The daemon's flags (bin/node-flags.mjs; docs/OPERATIONS.md, memory), the same as `npm start`.
+const child = spawn(nodeBinary, [...daemonNodeFlags, cli, ...process.argv.slice(2)], { stdio: "inherit" })
 
 const forwarded = ["SIGINT", "SIGTERM", "SIGHUP"]
 const forward = (signal) => {

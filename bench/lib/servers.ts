@@ -14,8 +14,8 @@ import * as path from "node:path"
 import { nowMs, type SystemName, type Target } from "./common.ts"
 import { HttpClient } from "./http.ts"
 import { jsApi, NATS_STREAM, NatsWs } from "./natsWs.ts"
-import { availableCores, daemonNodeFlags } from "../../bin/node-flags.mjs"
-import { freePort, HAS_TASKSET, pinned, stopChild, track } from "./proc.ts"
+import { daemonNodeFlags } from "../../bin/node-flags.mjs"
+import { freePort, pinned, stopChild, track } from "./proc.ts"
 
 export interface Server {
   readonly system: SystemName
@@ -101,9 +101,8 @@ export const startKhala = async (opts: KhalaOptions): Promise<Server & { readonl
     delete env["DATABASE_URL"]
     notes.push("Khala with its embedded Postgres (durable: fsync on), pinned with the daemon")
   }
-  // The daemon's own Node flags, as `npm start` would choose them for the cores it is pinned to.
-  const cores = opts.core !== undefined && HAS_TASKSET ? opts.core.split(",").length : availableCores()
-  const nodeArgs = [...daemonNodeFlags(cores), ...(opts.cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", opts.cpuProfDir] : []),
+  // The daemon's own Node flags (as `npm start` runs it: docs/OPERATIONS.md, memory).
+  const nodeArgs = [...daemonNodeFlags, ...(opts.cpuProfDir ? ["--cpu-prof", "--cpu-prof-dir", opts.cpuProfDir] : []),
     ...(process.env["BENCH_DAEMON_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? [])]
   const { cmd, args } = pinned(opts.core, process.execPath, [...nodeArgs, "src/main.ts"])
   const logFile = path.join(opts.logDir, `khala-${port}.log`)

@@ -104,11 +104,11 @@ export interface Daemon extends Spawned {
   readonly url: string
 }
 
-/** Spawns the daemon as `npm start` does (`khala serve`, minus the launcher): `src/main.ts` on Node 24 with its flags. */
+/** Spawns the daemon exactly as `npm start` does: `node src/main.ts` on Node 24 with its flags. */
 export const startDaemon = async (dataDir: string, extraEnv: Record<string, string> = {}): Promise<Daemon> => {
   const port = await freePort()
   const env = cleanEnv({ KHALA_DATA_DIR: dataDir, KHALA_PORT: String(port), KHALA_HOST: "127.0.0.1", ...extraEnv })
-  const spawned = spawnTracked(NODE24, [...daemonNodeFlags(), "src/main.ts"], env) // `npm start`'s flags
+  const spawned = spawnTracked(NODE24, [...daemonNodeFlags, "src/main.ts"], env) // as `npm start`
   return { ...spawned, port, dataDir, url: `http://127.0.0.1:${port}` }
 }
 
