@@ -128,14 +128,20 @@ export const decodeBody = <S extends Schema.Decoder<unknown>>(schema: S, body: u
 /** Latest accepted `occurred_at` (9999-12-31T23:59:59.999Z); the earliest is the Unix epoch. */
 const MAX_OCCURRED_AT_MS = 253_402_300_799_999
 
+/** An ISO-8601 `occurred_at` in ms, or `undefined` when it is not one `occurredAt` accepts. */
+export const occurredAtMs = (value: string): number | undefined => {
+  const ms = Date.parse(value)
+  return Number.isFinite(ms) && /^\d{4}-\d{2}-\d{2}T/.test(value) && ms >= 0 && ms <= MAX_OCCURRED_AT_MS ? ms : undefined
+}
+
 /**
  * Parses an optional ISO-8601 `occurred_at`; defaults to `nowMs`. Times before 1970 are refused:
  * the wire carries them as unsigned milliseconds.
  */
 export const occurredAt = (value: string | undefined, nowMs: number) => {
   if (value === undefined) return Effect.succeed(nowMs)
-  const ms = Date.parse(value)
-  return Number.isFinite(ms) && /^\d{4}-\d{2}-\d{2}T/.test(value) && ms >= 0 && ms <= MAX_OCCURRED_AT_MS
+  const ms = occurredAtMs(value)
+  return ms !== undefined
     ? Effect.succeed(ms)
     : Effect.fail(
       apiError("invalid_request", "occurred_at must be an ISO-8601 timestamp from 1970-01-01T00:00:00Z on", {
