@@ -129,7 +129,7 @@ const fromEnv = Config.all({
 })
 
 /**
- * The embedded Postgres' own defaults. `shared_buffers`: an eighth of the machine's memory, at
+ * The embedded Postgres' own defaults. `shared_buffers`: an eighth of the usable memory, at
  * least Postgres' 128 MiB and at most 1 GiB (shared memory is touched as it is used). With 128 MiB
  * a replay of 100k freshly written entries (~90 MB of journal pages) first had to write out the
  * pages its own load had dirtied: Postgres' CPU for that read 210–270 ms, 150–180 ms with 1 GiB.
@@ -139,21 +139,56 @@ export const embeddedPostgresDefaults = (totalMemoryBytes: number): Record<strin
   return { shared_buffers: `${mib}MB` }
 }
 
-const embeddedPgSettingsOf = (text: string) =>
-  Effect.map(parseEmbeddedPgSettings(text), (given) => ({ ...embeddedPostgresDefaults(os.totalmem()), ...given }))
+/**
+ * Memory this process may use: the machine's, or less when its cgroup (a container) is limited to
+ * less (`process.constrainedMemory()`; 0 or a huge value means no limit).
+ */
+export const usableMemoryBytes = (): number => {
+  const total = os.totalmem()
+  const constrained = process.constrainedMemory()
+  return constrained > 0 && constrained < total ? constrained : total
+}
 
-/** `name=value,name=value` (Postgres setting names; values may not contain a comma). */
+const embeddedPgSettingsOf = (text: string) =>
+  Effect.map(parseEmbeddedPgSettings(text), (given) => ({ ...embeddedPostgresDefaults(usableMemoryBytes()), ...given }))
+
+/**
+ * Settings the embedded Postgres' start owns: where it listens (loopback only, with trust
+ * authentication) and where its files are. Setting them would expose it or break the daemon.
+ */
+const RESERVED_EMBEDDED_PG_SETTINGS = new Set([
+  "listen_addresses",
+  "port",
+  "unix_socket_directories",
+  "data_directory",
+  "config_file",
+  "hba_file",
+  "ident_file"
+])
+
+/**
+ * `name=value,name=value` (Postgres setting names, case-insensitive; values may not contain a
+ * comma). The settings that decide where the embedded Postgres listens and keeps its files are
+ * refused.
+ */
 export const parseEmbeddedPgSettings = (text: string): Effect.Effect<Record<string, string>, ConfigurationError> =>
   Effect.suspend(() => {
     const settings: Record<string, string> = {}
     for (const item of text.split(",")) {
       if (item.trim() === "") continue
       const eq = item.indexOf("=")
-      const name = eq < 0 ? "" : item.slice(0, eq).trim()
+      const name = eq < 0 ? "" : item.slice(0, eq).trim().toLowerCase()
       const value = eq < 0 ? "" : item.slice(eq + 1).trim()
       if (!/^[a-z_][a-z0-9_.]*$/.test(name) || value === "") {
         return Effect.fail(
           new ConfigurationError({ message: `KHALA_EMBEDDED_PG_SETTINGS: "${item.trim()}" is not name=value` })
+        )
+      }
+      if (RESERVED_EMBEDDED_PG_SETTINGS.has(name)) {
+        return Effect.fail(
+          new ConfigurationError({
+            message: `KHALA_EMBEDDED_PG_SETTINGS: ${name} is set by Khala (the embedded Postgres listens on 127.0.0.1 only)`
+          })
         )
       }
       settings[name] = value

@@ -21,11 +21,16 @@ describe("embedded Postgres settings", () => {
       expect(yield* parseEmbeddedPgSettings("auto_explain.log_min_duration=250ms")).toEqual({
         "auto_explain.log_min_duration": "250ms"
       })
+      // Names are case-insensitive, as in Postgres; a value may contain "=".
+      expect(yield* parseEmbeddedPgSettings("Shared_Buffers=2GB,search_path=a=b")).toEqual({
+        shared_buffers: "2GB",
+        search_path: "a=b"
+      })
     }))
 
-  it.effect("refuses an item without a name or a value, or with a name Postgres could not have", () =>
+  it.effect("refuses an item without a name or a value, a name Postgres could not have, or where it listens and keeps its files", () =>
     Effect.gen(function*() {
-      for (const bad of ["shared_buffers", "=1GB", "shared_buffers=", "Shared-Buffers=1GB", "work mem=8MB"]) {
+      for (const bad of ["shared_buffers", "=1GB", "shared_buffers=", "Shared-Buffers=1GB", "work mem=8MB", "listen_addresses=*", "PORT=5433", "unix_socket_directories=/tmp", "data_directory=/x"]) {
         const exit = yield* Effect.exit(parseEmbeddedPgSettings(bad))
         expect(Exit.isFailure(exit), bad).toBe(true)
       }
