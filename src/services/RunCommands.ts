@@ -100,7 +100,9 @@ export const validRunEvent = (runId: string, raw: unknown, nowMs: number): Valid
   const type = fields["type"]
   if (typeof type !== "string" || !isRunEventType(type)) return undefined
   // What the Schema decode gives: the declared keys that are present, in declared order; the
-  // payload is the JSON object it was (the decode copies it; nothing mutates either).
+  // payload is the object it was, where the decode copies its enumerable string-keyed properties
+  // (the same thing for an object parsed from JSON, the only kind that gets here; nothing mutates
+  // either).
   const body: Record<string, unknown> = { type }
   const payload = fields["payload"]
   if (payload !== undefined) {

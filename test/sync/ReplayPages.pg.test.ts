@@ -78,10 +78,20 @@ describe("packed replay pages", () => {
       const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
       for (const after of [0, first + Math.floor(rand() * REPLAY_PAGE), first + REPLAY_PAGE - 1]) {
         const slice = unpackAfter(page, after)
-        const want = chunkUpdatesProto(header, slice.entries.map((e) => e.pb), limits)
-        const got = slice.framesProto(header, limits)
-        assert.strictEqual(got.length, want.length, `round ${round}`)
-        got.forEach((frame, i) => assert.isTrue(Buffer.from(frame).equals(want[i]!), `round ${round} frame ${i}`))
+        const items = slice.entries.map((e) => e.pb)
+        // The random budget, and budgets exactly at (and one byte around) sizes real frames have.
+        const sizes = chunkUpdatesProto(header, items, { maxItems: limits.maxItems, maxFrameBytes: 1e9 }).map((f) => f.byteLength)
+        const exact = [0, 1, 2].flatMap(() => {
+          const size = sizes[Math.floor(rand() * sizes.length)] ?? 100
+          return [size - 1, size, size + 1]
+        })
+        for (const maxFrameBytes of [limits.maxFrameBytes, ...exact]) {
+          const budget = { maxItems: limits.maxItems, maxFrameBytes }
+          const want = chunkUpdatesProto(header, items, budget)
+          const got = slice.framesProto(header, budget)
+          assert.strictEqual(got.length, want.length, `round ${round}, budget ${maxFrameBytes}`)
+          got.forEach((frame, i) => assert.isTrue(Buffer.from(frame).equals(want[i]!), `round ${round} frame ${i}`))
+        }
       }
     }
   })
