@@ -134,8 +134,8 @@ const fromEnv = Config.all({
  * a replay of 100k freshly written entries (~90 MB of journal pages) first had to write out the
  * pages its own load had dirtied: Postgres' CPU for that read 210–270 ms, 150–180 ms with 1 GiB.
  */
-export const embeddedPostgresDefaults = (totalMemoryBytes: number): Record<string, string> => {
-  const mib = Math.min(1024, Math.max(128, Math.floor(totalMemoryBytes / 8 / 1048576)))
+export const embeddedPostgresDefaults = (memoryBytes: number): Record<string, string> => {
+  const mib = Math.min(1024, Math.max(128, Math.floor(memoryBytes / 8 / 1048576)))
   return { shared_buffers: `${mib}MB` }
 }
 
