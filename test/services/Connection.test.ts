@@ -370,48 +370,6 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
         }).pipe(Effect.provide(Lifecycle.layer, { local: true }))) // a fresh, undrained Lifecycle: draining is one-way
 
       // ---- 7. slow consumer
-      it.effect("entries compacted while a replay reads them: stale_cursor after the pages before the gap, nothing after", () =>
-        Effect.gen(function*() {
-          yield* freshTime
-          const user = `u-${randomUUID().slice(0, 8)}`
-          const runId = `r-${randomUUID().slice(0, 8)}`
-          const topic = `run/${runId}`
-          yield* createRun(runId, user)
-          const batches = yield* RunEventBatches
-          for (let b = 0; b < 3; b++) {
-            const events = Array.from({ length: 800 }, (_, i) => ({ run_id: runId, type: "run.step", payload: { i } }))
-            yield* batches.append({ events }, undefined)
-          }
-          // Retention removes entries of the second page while the replay is sending the first.
-          const journal = yield* Journal
-          const sql = yield* SqlClient.SqlClient
-          let compacted = false
-          const compacting = Journal.of({
-            ...journal,
-            readReplayPage: (t, epoch, after, encoding) =>
-              after >= REPLAY_PAGE && !compacted
-                ? sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${t} AND seq BETWEEN ${REPLAY_PAGE + 1} AND ${REPLAY_PAGE + 100}`.pipe(
-                  Effect.tap(() => Effect.sync(() => (compacted = true))),
-                  Effect.andThen(journal.readReplayPage(t, epoch, after, encoding))
-                )
-                : journal.readReplayPage(t, epoch, after, encoding)
-          })
-          const token = yield* signToken({ sub: user, ttlS: 3600 })
-          const fake = new FakeSocket(sp)
-          yield* Effect.forkChild(runConnection(fake).pipe(Effect.provideService(Journal, compacting)))
-          fake.hello(token.token)
-          yield* fake.awaitFrame("welcome", 1)
-          fake.subscribe("s1", [{ topic }])
-          const error = yield* fake.awaitFrame("error", 1)
-          assert.strictEqual(error.code, ErrorCode.STALE_CURSOR, fake.describe())
-          assert.include(error.message, "compacted")
-          assert.isTrue(compacted)
-          const seqs = fake.all("updates").flatMap((u) => u.items.map((item) => Number(item.seq)))
-          assert.deepStrictEqual(seqs, Array.from({ length: REPLAY_PAGE }, (_, i) => i + 1), "the first page, in order")
-          assert.strictEqual(fake.count("caughtUp"), 0)
-          assertOpen(fake)
-        }))
-
       it.effect("slow consumer over the hard bound: Goodbye{slow_consumer}, close 4009 after 250 ms, destroy 100 ms later", () =>
         Effect.gen(function*() {
           yield* freshTime
@@ -649,6 +607,48 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
           assert.strictEqual(goodbye.code, ErrorCode.SERVER_DRAINING)
           const close = yield* fake.awaitClose()
           assert.strictEqual(close.code, 4010)
+        }))
+
+      it.effect("entries compacted while a replay reads them: stale_cursor after the pages before the gap, nothing after", () =>
+        Effect.gen(function*() {
+          yield* freshTime
+          const user = `u-${randomUUID().slice(0, 8)}`
+          const runId = `r-${randomUUID().slice(0, 8)}`
+          const topic = `run/${runId}`
+          yield* createRun(runId, user)
+          const batches = yield* RunEventBatches
+          for (let b = 0; b < 3; b++) {
+            const events = Array.from({ length: 800 }, (_, i) => ({ run_id: runId, type: "run.step", payload: { i } }))
+            yield* batches.append({ events }, undefined)
+          }
+          // Retention removes entries of the second page while the replay is sending the first.
+          const journal = yield* Journal
+          const sql = yield* SqlClient.SqlClient
+          let compacted = false
+          const compacting = Journal.of({
+            ...journal,
+            readReplayPage: (t, epoch, after, encoding) =>
+              after >= REPLAY_PAGE && !compacted
+                ? sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${t} AND seq BETWEEN ${REPLAY_PAGE + 1} AND ${REPLAY_PAGE + 100}`.pipe(
+                  Effect.tap(() => Effect.sync(() => (compacted = true))),
+                  Effect.andThen(journal.readReplayPage(t, epoch, after, encoding))
+                )
+                : journal.readReplayPage(t, epoch, after, encoding)
+          })
+          const token = yield* signToken({ sub: user, ttlS: 3600 })
+          const fake = new FakeSocket(sp)
+          yield* Effect.forkChild(runConnection(fake).pipe(Effect.provideService(Journal, compacting)))
+          fake.hello(token.token)
+          yield* fake.awaitFrame("welcome", 1)
+          fake.subscribe("s1", [{ topic }])
+          const error = yield* fake.awaitFrame("error", 1)
+          assert.strictEqual(error.code, ErrorCode.STALE_CURSOR, fake.describe())
+          assert.include(error.message, "compacted")
+          assert.isTrue(compacted)
+          const seqs = fake.all("updates").flatMap((u) => u.items.map((item) => Number(item.seq)))
+          assert.deepStrictEqual(seqs, Array.from({ length: REPLAY_PAGE }, (_, i) => i + 1), "the first page, in order")
+          assert.strictEqual(fake.count("caughtUp"), 0)
+          assertOpen(fake)
         }))
 
       // ---- the client going away
