@@ -13,7 +13,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import type { PublishResult, ReplayResult } from "./lib/common.ts"
+import { nowMs, type PublishResult, type ReplayResult } from "./lib/common.ts"
 import { cpuTimeMs, Gen, HAS_TASKSET, installExitHandlers, killAll, treeCpuMs } from "./lib/proc.ts"
 import { startKhala } from "./lib/servers.ts"
 
@@ -48,6 +48,7 @@ try {
     await g.next("ready")
     const tree0 = treeCpuMs(server.pid)
     const daemon0 = cpuTimeMs(server.pid)
+    const startMs = Math.round(nowMs() - server.spawnedAtMs)
     g.send({ type: "go" })
     const r = await g.result<ReplayResult>()
     const tree = treeCpuMs(server.pid) - tree0
@@ -56,7 +57,8 @@ try {
     const ok = r.complete && r.entries === expected && r.gaps + r.duplicates === 0
     console.log(
       `replay ${i}: ${r.entries} entries ${ok ? "complete" : "INCOMPLETE OR OUT OF ORDER"} in ${(r.elapsedMs / 1000).toFixed(3)} s; ` +
-        `CPU daemon ${daemon.toFixed(0)} ms, Postgres ${(tree - daemon).toFixed(0)} ms`
+        `CPU daemon ${daemon.toFixed(0)} ms, Postgres ${(tree - daemon).toFixed(0)} ms ` +
+        `(${startMs}–${Math.round(nowMs() - server.spawnedAtMs)} ms after the daemon was spawned: --trace-gc times are close)`
     )
     if (!ok) process.exitCode = 1
     await new Promise((resolve) => setTimeout(resolve, 1000))
