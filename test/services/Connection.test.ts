@@ -115,6 +115,14 @@ const idle = (fake: FakeSocket) =>
 const createRun = (runId: string, owner: string) =>
   RunCommands.use((c) => c.appendEvent(runId, { type: "run.created", owner_user_id: owner }, undefined))
 
+/** A new run (`run/<runId>`) of a new user. */
+const ownRun = Effect.gen(function*() {
+  const user = `u-${randomUUID().slice(0, 8)}`
+  const runId = `r-${randomUUID().slice(0, 8)}`
+  yield* createRun(runId, user)
+  return { user, runId, topic: `run/${runId}` }
+})
+
 const appendStep = (runId: string, i: number) =>
   RunCommands.use((c) => c.appendEvent(runId, { type: "run.step", payload: { i } }, undefined))
 
@@ -374,10 +382,7 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
         Effect.gen(function*() {
           yield* freshTime
           const config = yield* KhalaConfig
-          const user = `u-${randomUUID().slice(0, 8)}`
-          const runId = `r-${randomUUID().slice(0, 8)}`
-          const topic = `run/${runId}`
-          yield* createRun(runId, user)
+          const { user, runId, topic } = yield* ownRun
           const { fake, fiber } = yield* connect(sp, { user })
           fake.subscribe("s1", [{ topic }])
           const caughtUp = yield* fake.awaitFrame("caughtUp", 1)
@@ -413,10 +418,7 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
           yield* freshTime
           const config = yield* KhalaConfig
           const grace = config.slowConsumerGraceMs
-          const user = `u-${randomUUID().slice(0, 8)}`
-          const runId = `r-${randomUUID().slice(0, 8)}`
-          const topic = `run/${runId}`
-          yield* createRun(runId, user)
+          const { user, runId, topic } = yield* ownRun
           const { fake, fiber } = yield* connect(sp, { user })
           fake.subscribe("s1", [{ topic }])
           yield* fake.awaitFrame("caughtUp", 1)
@@ -580,10 +582,7 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
       it.effect("a refreshed token without sync:read drops the subscriptions with Error{forbidden_topic}; still open", () =>
         Effect.gen(function*() {
           yield* freshTime
-          const user = `u-${randomUUID().slice(0, 8)}`
-          const runId = `r-${randomUUID().slice(0, 8)}`
-          const topic = `run/${runId}`
-          yield* createRun(runId, user)
+          const { user, topic } = yield* ownRun
           const { fake } = yield* connect(sp, { user })
           fake.subscribe("s1", [{ topic }])
           yield* fake.awaitFrame("caughtUp", 1)
@@ -612,10 +611,7 @@ layer(JournalFeedLive.pipe(Layer.provideMerge(testServices())), { timeout: "120 
       it.effect("entries compacted while a replay reads them: stale_cursor after the pages before the gap, nothing after", () =>
         Effect.gen(function*() {
           yield* freshTime
-          const user = `u-${randomUUID().slice(0, 8)}`
-          const runId = `r-${randomUUID().slice(0, 8)}`
-          const topic = `run/${runId}`
-          yield* createRun(runId, user)
+          const { user, runId, topic } = yield* ownRun
           const batches = yield* RunEventBatches
           for (let b = 0; b < 3; b++) {
             const events = Array.from({ length: 800 }, (_, i) => ({ run_id: runId, type: "run.step", payload: { i } }))
