@@ -705,7 +705,7 @@ class Connection {
         // Protobuf frames straight from the page's bytes; JSON ones from its entries' strings.
         const frames: ReadonlyArray<EncodedFrame> = encoding === "pb"
           ? page.framesProto(header, limits)
-          : chunkUpdates(subprotocol, header, page.entries, limits)
+          : chunkUpdates(subprotocol, header, page.entries(), limits)
         for (const frame of frames) {
           if (!(yield* self.outbound.offerWait(frame))) return
         }

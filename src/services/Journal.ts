@@ -113,7 +113,7 @@ export const REPLAY_PAGE = 2000
  * objects instead of a few per entry (which every scavenge of a replay had to copy and promote,
  * and every major GC to mark). Protobuf entries are kept in their `Updates.items` form (tag,
  * length, bytes), so consecutive entries are one byte range a replay frame copies at once
- * (`ReplayPage.framesProto`); readers that need entries get short-lived views (`entries`).
+ * (`ReplayPage.framesProto`); readers that need entries get short-lived views (`entries()`).
  */
 export interface PackedPage {
   readonly epoch: string
@@ -202,7 +202,8 @@ export class ReplayPage {
     this.epochChanged = epochChanged
   }
 
-  static readonly epochChanged = new ReplayPage(undefined, 0, false, true)
+  /** A page read in another epoch than the replay's: no entries. */
+  static readonly ofOtherEpoch = new ReplayPage(undefined, 0, false, true)
 
   /** Entries after the requested seq. */
   get count(): number {
@@ -219,8 +220,8 @@ export class ReplayPage {
     return this.page!.first + this.page!.offsets[this.page!.count - 1]!
   }
 
-  /** The entries after the requested seq, ascending, as views into the page. */
-  get entries(): Array<StoredEntry> {
+  /** The entries after the requested seq, ascending, as views into the page (built per call). */
+  entries(): Array<StoredEntry> {
     const page = this.page
     if (page === undefined) return []
     const { offsets, ends, pb, json, first, count } = page
@@ -237,7 +238,7 @@ export class ReplayPage {
 
   /**
    * The protobuf `Updates` frames of the entries after the requested seq (a page read for
-   * "pb"): `chunkUpdates` of `entries`, byte for byte, one copy per frame.
+   * "pb"): `chunkUpdates` of `entries()`, byte for byte, one copy per frame.
    */
   framesProto(header: UpdatesHeader, limits: ChunkLimits): Array<Uint8Array> {
     const page = this.page
@@ -567,7 +568,7 @@ export class Journal extends Context.Service<Journal, {
           const packed = yield* Deferred.await(pending)
           // The journal moved to another epoch: its seqs name other entries, none of them this
           // replay's (it ends with the epoch change).
-          if (packed.epoch !== pageEpoch) return ReplayPage.epochChanged
+          if (packed.epoch !== pageEpoch) return ReplayPage.ofOtherEpoch
           return unpackAfter(packed, afterSeq)
         })
 

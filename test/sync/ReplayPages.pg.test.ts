@@ -42,11 +42,11 @@ describe("packed replay pages", () => {
         for (const after of [0, first - 1, first, first + 17, first + REPLAY_PAGE - 2, first + REPLAY_PAGE - 1]) {
           const got = unpackAfter(page, after)
           const want = slots.flatMap((item, k) => (item !== undefined && first + k > after ? [{ seq: first + k, item }] : []))
-          assert.deepStrictEqual(got.entries.map((e) => e.seq), want.map((w) => w.seq))
+          assert.deepStrictEqual(got.entries().map((e) => e.seq), want.map((w) => w.seq))
           if (encoding === "pb") {
-            assert.deepStrictEqual(got.entries.map((e) => [...e.pb]), want.map((w) => [...(w.item as Uint8Array)]))
+            assert.deepStrictEqual(got.entries().map((e) => [...e.pb]), want.map((w) => [...(w.item as Uint8Array)]))
           } else {
-            assert.deepStrictEqual(got.entries.map((e) => e.json), want.map((w) => w.item as string))
+            assert.deepStrictEqual(got.entries().map((e) => e.json), want.map((w) => w.item as string))
           }
           assert.strictEqual(got.more, present[REPLAY_PAGE - 1] === true)
           assert.strictEqual(got.count, want.length)
@@ -78,7 +78,7 @@ describe("packed replay pages", () => {
       const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
       for (const after of [0, first + Math.floor(rand() * REPLAY_PAGE), first + REPLAY_PAGE - 1]) {
         const slice = unpackAfter(page, after)
-        const items = slice.entries.map((e) => e.pb)
+        const items = slice.entries().map((e) => e.pb)
         // The random budget, and budgets exactly at (and one byte around) sizes real frames have.
         const sizes = chunkUpdatesProto(header, items, { maxItems: limits.maxItems, maxFrameBytes: 1e9 }).map((f) => f.byteLength)
         const exact = [0, 1, 2].flatMap(() => {
@@ -137,41 +137,41 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         const epoch = yield* journal.epoch
 
         const first = yield* journal.readReplayPage(topic, epoch, 0, "pb")
-        assert.deepStrictEqual(seqs(first.entries), range(1, REPLAY_PAGE))
+        assert.deepStrictEqual(seqs(first.entries()), range(1, REPLAY_PAGE))
         assert.isTrue(first.more)
-        assert.isAbove(first.entries[0]!.pb.byteLength, 0)
+        assert.isAbove(first.entries()[0]!.pb.byteLength, 0)
         const mid = yield* journal.readReplayPage(topic, epoch, 1500, "pb")
-        assert.deepStrictEqual(seqs(mid.entries), range(1501, REPLAY_PAGE))
+        assert.deepStrictEqual(seqs(mid.entries()), range(1501, REPLAY_PAGE))
         const tail = yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE + 100, "pb")
-        assert.deepStrictEqual(seqs(tail.entries), range(2 * REPLAY_PAGE + 101, total))
+        assert.deepStrictEqual(seqs(tail.entries()), range(2 * REPLAY_PAGE + 101, total))
         assert.isFalse(tail.more)
         const json = yield* journal.readReplayPage(topic, epoch, REPLAY_PAGE, "json")
-        assert.deepStrictEqual(seqs(json.entries), range(REPLAY_PAGE + 1, 2 * REPLAY_PAGE))
-        assert.isTrue(json.entries[0]!.json.startsWith("{"))
+        assert.deepStrictEqual(seqs(json.entries()), range(REPLAY_PAGE + 1, 2 * REPLAY_PAGE))
+        assert.isTrue(json.entries()[0]!.json.startsWith("{"))
         // A page carries exactly the stored encodings (the live path reads them row by row).
         const rowByRow = (yield* journal.read(topic, REPLAY_PAGE, REPLAY_PAGE)).rows
-        assert.deepStrictEqual(json.entries.map((e) => e.json), rowByRow.map((e) => e.json))
+        assert.deepStrictEqual(json.entries().map((e) => e.json), rowByRow.map((e) => e.json))
         const pbPage = yield* journal.readReplayPage(topic, epoch, REPLAY_PAGE, "pb")
-        assert.deepStrictEqual(pbPage.entries.map((e) => Buffer.from(e.pb).toString("hex")), rowByRow.map((e) => Buffer.from(e.pb).toString("hex")))
+        assert.deepStrictEqual(pbPage.entries().map((e) => Buffer.from(e.pb).toString("hex")), rowByRow.map((e) => Buffer.from(e.pb).toString("hex")))
 
         // Concurrent readers of one page get the same entries.
         const together = yield* Effect.all(
           Array.from({ length: 50 }, (_, i) => journal.readReplayPage(topic, epoch, REPLAY_PAGE + i, "pb")),
           { concurrency: "unbounded" }
         )
-        together.forEach((p, i) => assert.deepStrictEqual(seqs(p.entries), range(REPLAY_PAGE + i + 1, 2 * REPLAY_PAGE)))
+        together.forEach((p, i) => assert.deepStrictEqual(seqs(p.entries()), range(REPLAY_PAGE + i + 1, 2 * REPLAY_PAGE)))
 
         // Remove rows behind the cache's back: the complete first page is served from the cache,
         // the tail (never cached) and another epoch's key read Postgres again.
         yield* sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${topic} AND seq IN (10, ${2 * REPLAY_PAGE + 200})`
-        assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "pb")).entries), range(1, REPLAY_PAGE))
-        assert.notInclude(seqs((yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE, "pb")).entries), 2 * REPLAY_PAGE + 200)
+        assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "pb")).entries()), range(1, REPLAY_PAGE))
+        assert.notInclude(seqs((yield* journal.readReplayPage(topic, epoch, 2 * REPLAY_PAGE, "pb")).entries()), 2 * REPLAY_PAGE + 200)
         // Another epoch's page: the journal's rows are not its entries.
         const other = yield* journal.readReplayPage(topic, "another-epoch", 0, "pb")
         assert.isTrue(other.epochChanged)
         assert.isFalse(other.more)
         assert.strictEqual(other.count, 0)
-        assert.deepStrictEqual(other.entries, [])
+        assert.deepStrictEqual(other.entries(), [])
       }))
 
     it.effect("a page the retention floor cuts holds what is left of it, in seq order; it is never cached", () =>
@@ -183,10 +183,10 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         const epoch = yield* journal.epoch
         yield* sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${topic} AND seq <= 700`
         const cut = yield* journal.readReplayPage(topic, epoch, 0, "json")
-        assert.deepStrictEqual(seqs(cut.entries), range(701, REPLAY_PAGE))
+        assert.deepStrictEqual(seqs(cut.entries()), range(701, REPLAY_PAGE))
         assert.isTrue(cut.more)
         yield* sql`DELETE FROM runtime.sync_stream_events WHERE topic = ${topic} AND seq <= 900`
-        assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "json")).entries), range(901, REPLAY_PAGE))
+        assert.deepStrictEqual(seqs((yield* journal.readReplayPage(topic, epoch, 0, "json")).entries()), range(901, REPLAY_PAGE))
       }))
 
     it.effect("Journal.read: a seq range with its epoch; past a compacted gap it finds what follows", () =>
@@ -215,14 +215,14 @@ layer(testServices(), { timeout: "120 seconds" })("replay pages", (it) => {
         const epoch = yield* journal.epoch
         for (const encoding of ["pb", "json"] as const) {
           const page = yield* journal.readReplayPage(topic, epoch, 0, encoding)
-          assert.deepStrictEqual(seqs(page.entries), range(1, REPLAY_PAGE))
-          const size = page.entries.reduce((n, e) => n + (encoding === "pb" ? e.pb.byteLength : e.json.length), 0)
+          assert.deepStrictEqual(seqs(page.entries()), range(1, REPLAY_PAGE))
+          const size = page.entries().reduce((n, e) => n + (encoding === "pb" ? e.pb.byteLength : e.json.length), 0)
           assert.isAbove(size, 20_000_000)
         }
         const rowByRow = (yield* journal.read(topic, 0, 10)).rows
         const page = yield* journal.readReplayPage(topic, epoch, 0, "pb")
         assert.deepStrictEqual(
-          page.entries.slice(0, 10).map((e) => Buffer.from(e.pb).toString("hex")),
+          page.entries().slice(0, 10).map((e) => Buffer.from(e.pb).toString("hex")),
           rowByRow.map((e) => Buffer.from(e.pb).toString("hex"))
         )
       }))
