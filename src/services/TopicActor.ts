@@ -615,9 +615,8 @@ export class TopicActor {
   private deliverHandOvers(): boolean {
     if (!this.initialized || this.shut || this.carry !== undefined) return false
     const out: Array<StoredEntry> = []
-    while (true) {
-      const m = this.mailboxHead < this.mailbox.length ? this.mailbox[this.mailboxHead]! : undefined
-      if (m === undefined) break
+    while (this.mailboxHead < this.mailbox.length) {
+      const m = this.mailbox[this.mailboxHead]!
       if (m._tag !== "Entries" || m.epoch !== this.epoch || m.entries[0]!.seq > this.head + 1) {
         this.deliver(out)
         return false
