@@ -166,30 +166,31 @@ describe("daemon lifecycle (embedded defaults)", () => {
   })
 })
 
+/**
+ * Starts the daemon on a fresh data dir with `env`: it must exit non-zero within 15 s, its output
+ * saying each of `says`, no Postgres left running. Returns the data dir.
+ */
+const refusedStart = async (env: Record<string, string>, says: ReadonlyArray<string>) => {
+  const dataDir = tempDir("khala-e2e-refused-")
+  const daemon = await startDaemon(dataDir, env)
+  const exit = await exitWithin(daemon, 15_000)
+  assert.isDefined(exit, `still running 15 s later:\n${daemon.output()}`)
+  assert.notStrictEqual(exit!.code, 0)
+  for (const text of says) assert.include(daemon.output(), text)
+  assert.deepStrictEqual(livePostgres(dataDir), [])
+  return dataDir
+}
+
 describe("production mode", () => {
   it("refuses to start without explicit secrets, naming them", async () => {
-    const dataDir = tempDir("khala-e2e-prod-")
-    const daemon = await startDaemon(dataDir, { NODE_ENV: "production" })
-    const exit = await exitWithin(daemon, 15_000)
-    assert.isDefined(exit, `still running 15 s later:\n${daemon.output()}`)
-    assert.notStrictEqual(exit!.code, 0)
-    for (const name of ["KHALA_SERVICE_TOKEN", "KHALA_ADMIN_TOKEN", "KHALA_SYNC_JWT_SECRET"]) {
-      assert.include(daemon.output(), name)
-    }
+    const dataDir = await refusedStart({ NODE_ENV: "production" }, ["KHALA_SERVICE_TOKEN", "KHALA_ADMIN_TOKEN", "KHALA_SYNC_JWT_SECRET"])
     assert.isFalse(fs.existsSync(path.join(dataDir, "dev-secrets.json")), "no dev secrets in production")
-    assert.deepStrictEqual(livePostgres(dataDir), [])
   })
 })
 
 describe("embedded Postgres settings", () => {
   it("a malformed KHALA_EMBEDDED_PG_SETTINGS stops the start with a message naming it", async () => {
-    const dataDir = tempDir("khala-e2e-pgset-")
-    const daemon = await startDaemon(dataDir, { KHALA_EMBEDDED_PG_SETTINGS: "shared_buffers" })
-    const exit = await exitWithin(daemon, 15_000)
-    assert.isDefined(exit, `still running 15 s later:\n${daemon.output()}`)
-    assert.notStrictEqual(exit!.code, 0)
-    assert.include(daemon.output(), `KHALA_EMBEDDED_PG_SETTINGS: "shared_buffers" is not name=value`)
-    assert.deepStrictEqual(livePostgres(dataDir), [])
+    await refusedStart({ KHALA_EMBEDDED_PG_SETTINGS: "shared_buffers" }, [`KHALA_EMBEDDED_PG_SETTINGS: "shared_buffers" is not name=value`])
   })
 })
 
