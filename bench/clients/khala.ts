@@ -10,7 +10,7 @@
 import WebSocket from "ws"
 import { marker, nowMs, pad, type ReplayResult, type Target } from "../lib/common.ts"
 import { HttpClient } from "../lib/http.ts"
-import { decodeFull, helloFrame, khalaTopic, scanJsonFrame, scanProtoFrame, subscribeFrame } from "../lib/khalaWire.ts"
+import { decodeFull, helloFrame, khalaTopic, scanJsonUpdatesFrame, scanProtoFrame, subscribeFrame } from "../lib/khalaWire.ts"
 import { type ClientFactory, type Publisher, type Replayer, SeqCheck, type SubConn, type SubStats, type TopicState } from "./types.ts"
 
 const SLOW_CONSUMER_CLOSE = 4009
@@ -87,11 +87,7 @@ export const khalaClients = (target: Target): ClientFactory => {
         stats.frame(data.length)
         if (isBinary) {
           if (scanProtoFrame(data, onItem) !== 3) handleControl(decodeFull(subprotocol, data))
-        } else {
-          const text = data.toString("utf8")
-          const o = scanJsonFrame(text, onItem)
-          if (o["updates"] === undefined) handleControl(decodeFull(subprotocol, text))
-        }
+        } else if (!scanJsonUpdatesFrame(data, onItem)) handleControl(decodeFull(subprotocol, data.toString("utf8")))
       })
       sock.on("error", (e) => stats.error(`socket error: ${String(e)}`))
       sock.on("close", (code, reason) => {
@@ -244,10 +240,7 @@ export const khalaClients = (target: Target): ClientFactory => {
             let frame: ReturnType<typeof decodeFull> | undefined
             if (isBinary) {
               if (scanProtoFrame(data, onItem) !== 3) frame = decodeFull(subprotocol, data)
-            } else {
-              const text = data.toString("utf8")
-              if (scanJsonFrame(text, onItem)["updates"] === undefined) frame = decodeFull(subprotocol, text)
-            }
+            } else if (!scanJsonUpdatesFrame(data, onItem)) frame = decodeFull(subprotocol, data.toString("utf8"))
             if (!frame) return
             if (frame.case === "welcome") {
               t0 = nowMs()
