@@ -103,7 +103,8 @@ export class Gen {
   private exited: string | undefined
 
   constructor(core: string | undefined) {
-    const { cmd, args } = pinned(core, process.execPath, [LOADGEN])
+    const genFlags = process.env["BENCH_GEN_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? []
+    const { cmd, args } = pinned(core, process.execPath, [...genFlags, LOADGEN])
     this.child = track(spawn(cmd, args, { stdio: ["ignore", "inherit", "inherit", "ipc"] }))
     this.child.on("message", (m: GenMessage) => {
       this.queue.push(m)
@@ -157,7 +158,12 @@ export class Gen {
   }
 
   async close() {
-    if (this.child.exitCode === null && this.child.connected) this.send({ type: "close" })
+    if (this.child.exitCode === null && this.child.connected) {
+      // It exits on its own (writing a `--cpu-prof` profile, when BENCH_GEN_NODE_ARGS asks for one).
+      const exited = new Promise<void>((r) => this.child.once("exit", () => r()))
+      this.send({ type: "close" })
+      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))])
+    }
     await stopChild(this.child, 3000).catch(() => {})
   }
 }
