@@ -8,7 +8,8 @@
  * wall time until `CaughtUp`, and the CPU of daemon and Postgres (their process tree; with
  * DATABASE_URL Postgres is not a child and shows as 0). Replay 0 is the first read of freshly
  * written rows (`npm run bench`'s "replay time"); the later ones read the same rows again.
- * Env: BENCH_DAEMON_NODE_ARGS (extra daemon flags), BENCH_CPU_PROF=1 (daemon profile in the log dir).
+ * Env: BENCH_SUBPROTOCOL (`khala.v1.proto`, the default, or `khala.v1.json`), BENCH_DAEMON_NODE_ARGS
+ * (extra daemon flags), BENCH_CPU_PROF=1 (daemon profile in the log dir).
  */
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -28,7 +29,7 @@ const server = await startKhala({
   core: serverCore,
   logDir,
   cpuProfDir: process.env["BENCH_CPU_PROF"] === "1" ? logDir : undefined,
-  subprotocol: "khala.v1.proto"
+  subprotocol: process.env["BENCH_SUBPROTOCOL"] === "khala.v1.json" ? "khala.v1.json" : "khala.v1.proto"
 })
 try {
   const topic = `rc-${Date.now().toString(36)}`

@@ -62,8 +62,26 @@ export const selectSubprotocol = (offered: Iterable<string>): Subprotocol | unde
 // ---------------------------------------------------------------------------------------------
 // Sizes
 
-/** A server frame as it goes on the socket: binary for `khala.v1.proto`, text for `khala.v1.json`. */
-export type EncodedFrame = Uint8Array | string
+/**
+ * A text (JSON) message whose UTF-8 bytes exist already: replay frames cut from a replay page's
+ * bytes (`chunkJoinedUpdatesJson`) go to the socket as they are, with no string in between.
+ */
+export class Utf8Text {
+  readonly bytes: Uint8Array
+  constructor(bytes: Uint8Array) {
+    this.bytes = bytes
+  }
+  /** The text (tests and tools; the server never needs it). */
+  text(): string {
+    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength).toString("utf8")
+  }
+}
+
+/**
+ * A server frame as it goes on the socket: binary for `khala.v1.proto`, text for `khala.v1.json`
+ * (a string, or its UTF-8 bytes).
+ */
+export type EncodedFrame = Uint8Array | string | Utf8Text
 
 /** UTF-8 byte length of a string, without encoding it. */
 export const utf8ByteLength = (s: string): number => (s.length < 64 && isAscii(s) ? s.length : Buffer.byteLength(s, "utf8"))
@@ -75,7 +93,7 @@ const isAscii = (s: string): boolean => {
 
 /** Bytes a frame occupies as a WebSocket message payload (for queue accounting and limits). */
 export const encodedFrameBytes = (frame: EncodedFrame): number =>
-  typeof frame === "string" ? utf8ByteLength(frame) : frame.byteLength
+  typeof frame === "string" ? utf8ByteLength(frame) : frame instanceof Utf8Text ? frame.bytes.byteLength : frame.byteLength
 
 // ---------------------------------------------------------------------------------------------
 // Client frames (decode) — and the inverse, for test clients and the CLI
@@ -146,7 +164,7 @@ export const decodeClientFrame = (
 const isKnownClientFrame = (frame: ClientFrame): frame is KnownClientFrame => frame.frame.case !== undefined
 
 /** Encodes a client frame (the inverse of `decodeClientFrame`; used by test clients and the CLI). */
-export const encodeClientFrame = (subprotocol: Subprotocol, frame: ClientFrame): EncodedFrame =>
+export const encodeClientFrame = (subprotocol: Subprotocol, frame: ClientFrame): Uint8Array | string =>
   subprotocol === PROTO_SUBPROTOCOL
     ? toBinary(ClientFrameSchema, frame)
     : toJsonString(ClientFrameSchema, frame, { useProtoFieldName: true })
@@ -154,8 +172,9 @@ export const encodeClientFrame = (subprotocol: Subprotocol, frame: ClientFrame):
 /** Decodes a server frame (for clients and tests). Never throws; strict like `decodeClientFrame`. */
 export const decodeServerFrame = (
   subprotocol: Subprotocol,
-  data: Uint8Array | string
+  frame: EncodedFrame
 ): Result.Result<ServerFrame, ProtocolError> => {
+  const data = frame instanceof Utf8Text ? frame.text() : frame
   try {
     if (subprotocol === PROTO_SUBPROTOCOL) {
       if (typeof data === "string") return badRequest(`text message on ${PROTO_SUBPROTOCOL}`)
@@ -176,7 +195,7 @@ export const decodeServerFrame = (
  * (`{"caught_up":{"topic":"run/r1","seq":"5"}}`: uint64 as decimal strings, enums by name,
  * default values omitted).
  */
-export const encodeServerFrame = (subprotocol: Subprotocol, frame: ServerFrame): EncodedFrame =>
+export const encodeServerFrame = (subprotocol: Subprotocol, frame: ServerFrame): Uint8Array | string =>
   subprotocol === PROTO_SUBPROTOCOL
     ? toBinary(ServerFrameSchema, frame)
     : toJsonString(ServerFrameSchema, frame, { useProtoFieldName: true })
@@ -426,6 +445,46 @@ const jsonSizer = (header: UpdatesHeader): FrameSizer<string> => {
 }
 
 /**
+ * `chunkUpdatesJson` for consecutive items kept as UTF-8 text, each followed by a comma: entry k
+ * (from ≤ k < to) is `joined[k === 0 ? 0 : ends[k − 1] + 1, ends[k])`. Same greedy split (sizes
+ * in UTF-8 bytes, as `chunkUpdatesJson` counts them) and the same text, as UTF-8 bytes: a frame's
+ * items are one byte range of `joined` (the commas between them included), copied once.
+ */
+export const chunkJoinedUpdatesJson = (
+  header: UpdatesHeader,
+  joined: Uint8Array,
+  ends: ArrayLike<number>,
+  from: number,
+  to: number,
+  limits: ChunkLimits
+): Array<Utf8Text> => {
+  const head = jsonHeadMembers(header)
+  const prefix = Buffer.from(`${JSON_OPEN}${head.map((m) => `${m},`).join("")}${JSON_ITEMS_OPEN}`, "utf8")
+  const suffix = Buffer.from(`]${header.replay ? `,${JSON_REPLAY}` : ""}${JSON_CLOSE}`, "utf8")
+  const fixed = prefix.byteLength + suffix.byteLength
+  const maxItems = Math.max(1, Math.floor(limits.maxItems))
+  const frames: Array<Utf8Text> = []
+  let i = from
+  while (i < to) {
+    const start = i === 0 ? 0 : ends[i - 1]! + 1
+    let j = i
+    while (j < to) {
+      const count = j - i
+      if (count > 0 && (count >= maxItems || fixed + ends[j]! - start > limits.maxFrameBytes)) break
+      j++
+    }
+    const end = ends[j - 1]!
+    const out = Buffer.allocUnsafe(fixed + end - start)
+    out.set(prefix, 0)
+    out.set(joined.subarray(start, end), prefix.byteLength)
+    out.set(suffix, prefix.byteLength + end - start)
+    frames.push(new Utf8Text(out))
+    i = j
+  }
+  return frames
+}
+
+/**
  * `ServerFrame{updates: …}` in proto3 JSON by string concatenation:
  * `{"updates":{"topic":…,"epoch":…,"items":[<item>,…],"replay":true}}`, identical to
  * `toJsonString(ServerFrameSchema, frame, { useProtoFieldName: true })` (empty topic/epoch, empty
@@ -442,7 +501,7 @@ export const encodeUpdatesFrameJson = (header: UpdatesHeader, items: ReadonlyArr
 export const encodeUpdatesFrame = (
   subprotocol: Subprotocol,
   updates: UpdatesHeader & { readonly items: ReadonlyArray<EncodedUpdate> }
-): EncodedFrame =>
+): Uint8Array | string =>
   subprotocol === PROTO_SUBPROTOCOL
     ? encodeUpdatesFrameProto(updates, updates.items.map((i) => i.pb))
     : encodeUpdatesFrameJson(updates, updates.items.map((i) => i.json))
@@ -517,7 +576,7 @@ export const chunkUpdates = (
   header: UpdatesHeader,
   items: ReadonlyArray<EncodedUpdate>,
   limits: ChunkLimits
-): Array<EncodedFrame> =>
+): Array<Uint8Array | string> =>
   subprotocol === PROTO_SUBPROTOCOL
     ? chunkUpdatesProto(header, items.map((i) => i.pb), limits)
     : chunkUpdatesJson(header, items.map((i) => i.json), limits)

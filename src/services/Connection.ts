@@ -39,7 +39,6 @@ import { checkCursor, type Position } from "../domain/Cursor.ts"
 import { type ProtocolError, protocolError } from "../domain/ErrorCode.ts"
 import type { Principal } from "../domain/Principal.ts"
 import {
-  chunkUpdates,
   decodeClientFrame,
   type EncodedFrame,
   encodeServerFrame,
@@ -702,10 +701,10 @@ class Connection {
         }
         const header = { topic: sub.topic, epoch: position.epoch, replay: true }
         const limits = { maxItems: MAX_ITEMS_PER_FRAME, maxFrameBytes: config.maxFrameBytes }
-        // Protobuf frames straight from the page's bytes; JSON ones from its entries' strings.
+        // Frames straight from the page's bytes (protobuf, or JSON as UTF-8).
         const frames: ReadonlyArray<EncodedFrame> = encoding === "pb"
           ? page.framesProto(header, limits)
-          : chunkUpdates(subprotocol, header, page.entries(), limits)
+          : page.framesJson(header, limits)
         for (const frame of frames) {
           if (!(yield* self.outbound.offerWait(frame))) return
         }

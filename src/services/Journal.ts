@@ -18,6 +18,7 @@
  */
 import { toJson } from "@bufbuild/protobuf"
 import { Context, Deferred, Effect, Fiber, Layer, Option, Schema } from "effect"
+import { Buffer } from "node:buffer"
 import { hash } from "node:crypto"
 import { SqlClient } from "effect/sql"
 import type { SqlError } from "effect/sql/SqlError"
@@ -26,10 +27,12 @@ import { bodyEncoder, type EncodedBody, encodeUpdate } from "../domain/UpdateEnc
 import {
   type ChunkLimits,
   chunkDelimitedUpdatesProto,
+  chunkJoinedUpdatesJson,
   delimitedItemSize,
   delimitedItemStart,
   type UpdatesHeader,
   utf8ByteLength,
+  type Utf8Text,
   writeDelimitedItem
 } from "../domain/Protocol.ts"
 import { coalescedReads } from "./CoalescedReads.ts"
@@ -109,74 +112,79 @@ export const REPLAY_PAGE = 2000
 
 /**
  * A replay page as kept in memory: its entries' encodings (one subprotocol's) packed into one
- * buffer or one string, with each entry's seq offset and end. A cached page is a handful of
- * objects instead of a few per entry (which every scavenge of a replay had to copy and promote,
- * and every major GC to mark). Protobuf entries are kept in their `Updates.items` form (tag,
- * length, bytes), so consecutive entries are one byte range a replay frame copies at once
- * (`ReplayPage.framesProto`); readers that need entries get short-lived views (`entries()`).
+ * buffer, with each entry's seq offset and end. A cached page is a handful of objects instead of a
+ * few per entry (which every scavenge of a replay had to copy and promote, and every major GC to
+ * mark). Protobuf entries are kept in their `Updates.items` form (tag, length, bytes) and JSON
+ * entries as UTF-8 text each followed by a comma, so consecutive entries are one byte range that
+ * a replay frame copies at once (`ReplayPage.framesProto` / `framesJson`); readers that need
+ * entries get short-lived views (`entries()`).
  */
 export interface PackedPage {
   readonly epoch: string
   readonly first: number
   readonly count: number
+  readonly encoding: "pb" | "json"
   /** Entry i is seq `first + offsets[i]`, ascending. */
   readonly offsets: Uint16Array
   /**
-   * Entry i ends at `ends[i]` (bytes of `pb`, or UTF-16 units of `json`); it starts where i − 1
-   * ends.
+   * Entry i ends at byte `ends[i]` of `data`; it starts where i − 1 ends ("pb") or one byte after,
+   * past the comma ("json").
    */
   readonly ends: Float64Array
-  /** The entries as delimited `Updates.items` fields, back to back. */
-  readonly pb: Uint8Array | undefined
-  /** One string, or the entries' own strings when joined they would near V8's string length limit. */
-  readonly json: string | ReadonlyArray<string> | undefined
+  /** "pb": delimited `Updates.items` fields back to back; "json": `item,item,…,item,`. */
+  readonly data: Uint8Array
   /** Memory accounted for in the page cache. */
   readonly bytes: number
 }
 
 const NO_BYTES = new Uint8Array(0)
-/** A JSON page longer than this (UTF-16 units) keeps its entries as separate strings. */
-const MAX_JOINED_CHARS = 1 << 26
+const COMMA = 0x2c
 
-/** Packs a page's slots (slot k = seq first + k; holes where the journal has no entry). */
+/**
+ * Packs a page's slots (slot k = seq first + k; holes where the journal has no entry): each entry's
+ * stored `update_pb` ("pb"), or its `update_json` ("json": the string, or its UTF-8 bytes).
+ */
 export const packPage = (
   epoch: string,
   first: number,
   encoding: "pb" | "json",
-  slots: ReadonlyArray<Uint8Array | string | undefined>,
-  maxJoinedChars = MAX_JOINED_CHARS
+  slots: ReadonlyArray<Uint8Array | string | undefined>
 ): PackedPage => {
+  const binary = encoding === "pb"
   let count = 0
   let size = 0
-  const binary = encoding === "pb"
   for (let k = 0; k < slots.length; k++) {
     const item = slots[k]
     if (item === undefined) continue
     count++
-    size += typeof item === "string" ? item.length : delimitedItemSize(item.byteLength)
+    const length = typeof item === "string" ? Buffer.byteLength(item, "utf8") : item.byteLength
+    size += binary ? delimitedItemSize(length) : length + 1
   }
   const offsets = new Uint16Array(count)
   const ends = new Float64Array(count)
-  const pb = binary ? new Uint8Array(size) : undefined
-  const parts: Array<string> = []
+  // Every byte is written below.
+  const data = Buffer.allocUnsafeSlow(size)
   let i = 0
   let at = 0
   for (let k = 0; k < slots.length; k++) {
     const item = slots[k]
     if (item === undefined) continue
     offsets[i] = k
-    if (typeof item === "string") {
-      parts.push(item)
-      at += item.length
+    if (binary) {
+      at = writeDelimitedItem(data, at, typeof item === "string" ? Buffer.from(item, "utf8") : item)
+      ends[i++] = at
     } else {
-      at = writeDelimitedItem(pb!, at, item)
+      if (typeof item === "string") at += data.write(item, at, "utf8")
+      else {
+        data.set(item, at)
+        at += item.byteLength
+      }
+      ends[i++] = at
+      data[at++] = COMMA
     }
-    ends[i++] = at
   }
-  const json = binary ? undefined : size <= maxJoinedChars ? parts.join("") : parts
-  // Per entry: its offset (2 bytes) and end (8), plus a string's header when JSON entries stay apart.
-  const perEntry = 10 + (typeof json === "string" || json === undefined ? 0 : 32)
-  return { epoch, first, count, offsets, ends, pb, json, bytes: 256 + perEntry * count + (binary ? size : 2 * size) }
+  // Per entry: its offset (2 bytes) and end (8).
+  return { epoch, first, count, encoding, offsets, ends, data, bytes: 256 + 10 * count + size }
 }
 
 /**
@@ -220,18 +228,22 @@ export class ReplayPage {
     return this.page!.first + this.page!.offsets[this.page!.count - 1]!
   }
 
-  /** The entries after the requested seq, ascending, as views into the page (built per call). */
+  /**
+   * The entries after the requested seq, ascending, built per call: views into the page ("pb") or
+   * strings decoded from it ("json").
+   */
   entries(): Array<StoredEntry> {
     const page = this.page
     if (page === undefined) return []
-    const { offsets, ends, pb, json, first, count } = page
+    const { offsets, ends, data, first, count } = page
+    const binary = page.encoding === "pb"
+    const text = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
     const entries: Array<StoredEntry> = new Array(count - this.from)
     for (let i = this.from, j = 0; i < count; i++, j++) {
-      const start = i === 0 ? 0 : ends[i - 1]!
       const seq = first + offsets[i]!
-      entries[j] = pb !== undefined
-        ? { seq, pb: pb.subarray(delimitedItemStart(pb, start), ends[i]!), json: "" }
-        : { seq, pb: NO_BYTES, json: typeof json === "string" ? json.slice(start, ends[i]!) : json![i]! }
+      entries[j] = binary
+        ? { seq, pb: data.subarray(delimitedItemStart(data, i === 0 ? 0 : ends[i - 1]!), ends[i]!), json: "" }
+        : { seq, pb: NO_BYTES, json: text.toString("utf8", i === 0 ? 0 : ends[i - 1]! + 1, ends[i]!) }
     }
     return entries
   }
@@ -242,8 +254,18 @@ export class ReplayPage {
    */
   framesProto(header: UpdatesHeader, limits: ChunkLimits): Array<Uint8Array> {
     const page = this.page
-    if (page === undefined || page.pb === undefined) return []
-    return chunkDelimitedUpdatesProto(header, page.pb, page.ends, this.from, page.count, limits)
+    if (page === undefined || page.encoding !== "pb") return []
+    return chunkDelimitedUpdatesProto(header, page.data, page.ends, this.from, page.count, limits)
+  }
+
+  /**
+   * The JSON `Updates` frames of the entries after the requested seq (a page read for "json"):
+   * `chunkUpdates` of `entries()` as UTF-8, byte for byte, one copy per frame.
+   */
+  framesJson(header: UpdatesHeader, limits: ChunkLimits): Array<Utf8Text> {
+    const page = this.page
+    if (page === undefined || page.encoding !== "json") return []
+    return chunkJoinedUpdatesJson(header, page.data, page.ends, this.from, page.count, limits)
   }
 }
 

@@ -1,6 +1,7 @@
 /**
  * Wire frames: byte-identical to what `ws.send` writes for the same payload (header + payload of
- * an unmasked server frame) at every length class, binary for bytes and text for strings; the
+ * an unmasked server frame) at every length class, binary for bytes and text for strings (or
+ * their UTF-8 bytes); the
  * one-entry cache hands back the same buffer for the same frame and a new one for another; and a
  * real `ws` client reads what a WsPort writes, in order, with `ws.close` still working afterwards.
  */
@@ -9,6 +10,7 @@ import { Effect } from "effect"
 import { createServer, type AddressInfo } from "node:net"
 import * as WsModule from "ws"
 import { WebSocket, WebSocketServer } from "ws"
+import { Utf8Text } from "../../src/domain/Protocol.ts"
 import { buildWireFrame, wireFrame } from "../../src/layers/http/WireFrame.ts"
 import { WsPort } from "../../src/layers/http/SyncSocket.ts"
 
@@ -30,6 +32,8 @@ describe("WireFrame", () => {
       assert.deepStrictEqual(buildWireFrame(bytes), wsBytes(bytes), `binary ${n}`)
       const text = "é".repeat(Math.floor(n / 2)) + "x".repeat(n % 2) // multi-byte UTF-8
       assert.deepStrictEqual(buildWireFrame(text), wsBytes(text), `text ${n}`)
+      // Text already in UTF-8 (replay frames cut from a page) is the same text frame.
+      assert.deepStrictEqual(buildWireFrame(new Utf8Text(Buffer.from(text, "utf8"))), wsBytes(text), `utf-8 text ${n}`)
     }
   })
 
@@ -82,11 +86,13 @@ describe("WireFrame", () => {
       yield* p.write(["three"])
       assert.isTrue(p.writeNow(bigBinary))
       yield* p.write([bigBinary, "four"])
+      // Text in UTF-8 bytes, small (one wire frame) and large (header + payload): text messages.
+      yield* p.write([new Utf8Text(Buffer.from("fïve", "utf8")), new Utf8Text(Buffer.from(`é${big}`, "utf8"))])
       yield* p.close(1000, "bye")
       const code = yield* Effect.promise(() => closed)
       assert.strictEqual(code, 1000)
       const bigReceived = `bin:${[...bigBinary]}`
-      assert.deepStrictEqual(received, ["one", "bin:7,8", "two", big, "three", bigReceived, bigReceived, "four"])
+      assert.deepStrictEqual(received, ["one", "bin:7,8", "two", big, "three", bigReceived, bigReceived, "four", "fïve", `é${big}`])
       // After close nothing more is written.
       assert.isFalse(p.writeNow("late"))
       server.close()

@@ -8,7 +8,7 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
-import { chunkUpdatesProto } from "../../src/domain/Protocol.ts"
+import { chunkUpdatesJson, chunkUpdatesProto } from "../../src/domain/Protocol.ts"
 import { Journal, type JournalDraft, packPage, REPLAY_PAGE, unpackAfter } from "../../src/services/Journal.ts"
 import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
@@ -36,9 +36,10 @@ describe("packed replay pages", () => {
       const text = (k: number) => `{"seq":${first + k},"x":"${"é😀".repeat(k % 5)}"}`
       const bytes = (k: number) => Uint8Array.from({ length: k % 7 }, (_, j) => (k + j) % 256)
       for (const encoding of ["pb", "json"] as const) {
-        const slots = present.map((p, k) => (p ? (encoding === "pb" ? bytes(k) : text(k)) : undefined))
-        // A tiny join limit on odd rounds: the entries stay separate strings.
-        const page = packPage("e", first, encoding, slots, round % 2 === 0 ? 1 << 26 : 100)
+        // JSON entries as the driver gives them (strings), or as their UTF-8 bytes on odd rounds.
+        const json = (k: number) => (round % 2 === 0 ? text(k) : Buffer.from(text(k), "utf8"))
+        const slots = present.map((p, k) => (p ? (encoding === "pb" ? bytes(k) : json(k)) : undefined))
+        const page = packPage("e", first, encoding, slots)
         for (const after of [0, first - 1, first, first + 17, first + REPLAY_PAGE - 2, first + REPLAY_PAGE - 1]) {
           const got = unpackAfter(page, after)
           const want = slots.flatMap((item, k) => (item !== undefined && first + k > after ? [{ seq: first + k, item }] : []))
@@ -46,7 +47,7 @@ describe("packed replay pages", () => {
           if (encoding === "pb") {
             assert.deepStrictEqual(got.entries().map((e) => [...e.pb]), want.map((w) => [...(w.item as Uint8Array)]))
           } else {
-            assert.deepStrictEqual(got.entries().map((e) => e.json), want.map((w) => w.item as string))
+            assert.deepStrictEqual(got.entries().map((e) => e.json), want.map((w) => typeof w.item === "string" ? w.item : Buffer.from(w.item).toString("utf8")))
           }
           assert.strictEqual(got.more, present[REPLAY_PAGE - 1] === true)
           assert.strictEqual(got.count, want.length)
@@ -91,6 +92,42 @@ describe("packed replay pages", () => {
           const got = slice.framesProto(header, budget)
           assert.strictEqual(got.length, want.length, `round ${round}, budget ${maxFrameBytes}`)
           got.forEach((frame, i) => assert.isTrue(Buffer.from(frame).equals(want[i]!), `round ${round} frame ${i}`))
+        }
+      }
+    }
+  })
+
+  it("JSON frames straight from a packed page are chunkUpdates of its entries as UTF-8, byte for byte", () => {
+    const rand = seeded(13)
+    const first = 4 * REPLAY_PAGE + 1
+    // Multi-byte characters: budgets count UTF-8 bytes, not UTF-16 units.
+    const alphabet = ["a", "é", "😀", "\\\"", "✓", "z"]
+    const chars = Array.from({ length: 30_000 }, () => alphabet[Math.floor(rand() * alphabet.length)]!)
+    const source = { slice: (from: number, to: number) => chars.slice(from, to).join("") }
+    for (let round = 0; round < 30; round++) {
+      const size = () => (rand() < 0.01 ? 5_000 + Math.floor(rand() * 20_000) : Math.floor(rand() * (rand() < 0.5 ? 60 : 300)))
+      const texts = Array.from({ length: REPLAY_PAGE }, (_, k) => (rand() < 0.9 ? `{"k":"${source.slice(k % 89, (k % 89) + size())}"}` : undefined))
+      const page = packPage("e", first, "json", texts)
+      const limits = {
+        maxItems: 1 + Math.floor(rand() * (rand() < 0.5 ? 4 : 600)),
+        maxFrameBytes: 64 + Math.floor(rand() * 70_000)
+      }
+      const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
+      for (const after of [0, first + Math.floor(rand() * REPLAY_PAGE), first + REPLAY_PAGE - 1]) {
+        const slice = unpackAfter(page, after)
+        const items = slice.entries().map((e) => e.json)
+        assert.deepStrictEqual(items, texts.flatMap((t, k) => (t !== undefined && first + k > after ? [t] : [])))
+        const sizes = chunkUpdatesJson(header, items, { maxItems: limits.maxItems, maxFrameBytes: 1e9 }).map((f) => Buffer.byteLength(f))
+        const exact = [0, 1, 2].flatMap(() => {
+          const size = sizes[Math.floor(rand() * sizes.length)] ?? 100
+          return [size - 1, size, size + 1]
+        })
+        for (const maxFrameBytes of [limits.maxFrameBytes, ...exact]) {
+          const budget = { maxItems: limits.maxItems, maxFrameBytes }
+          const want = chunkUpdatesJson(header, items, budget)
+          const got = slice.framesJson(header, budget)
+          assert.strictEqual(got.length, want.length, `round ${round}, budget ${maxFrameBytes}`)
+          got.forEach((frame, i) => assert.isTrue(Buffer.from(frame.bytes).equals(Buffer.from(want[i]!, "utf8")), `round ${round} frame ${i}`))
         }
       }
     }

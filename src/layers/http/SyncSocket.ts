@@ -20,7 +20,7 @@ import { type IncomingMessage, STATUS_CODES } from "node:http"
 import type { Socket as NetSocket } from "node:net"
 import { WebSocket, WebSocketServer } from "ws"
 import { parseSubprotocolHeader, selectSubprotocol, SUBPROTOCOLS, type Subprotocol } from "../../domain/Protocol.ts"
-import type { EncodedFrame } from "../../domain/Protocol.ts"
+import { type EncodedFrame, Utf8Text } from "../../domain/Protocol.ts"
 import {
   type ConnectionHandle,
   connectionDeps,
@@ -172,6 +172,7 @@ export class WsPort implements PushSocketPort {
 
   private send(frame: EncodedFrame): void {
     if (this.raw) writeFrame(this.nodeSocket, frame)
+    else if (frame instanceof Utf8Text) this.ws.send(frame.bytes, { binary: false })
     else this.ws.send(frame)
   }
 
@@ -306,7 +307,9 @@ export const SyncSocketRoute = HttpRouter.use(Effect.fn(function*(router) {
         Effect.suspend(() => {
           if (frames.length === 0) return Effect.void
           nodeSocket.cork()
-          return writer.writeAll(frames as [typeof frames[0], ...typeof frames]).pipe(
+          // The socket writer sends strings as text and bytes as binary: text in UTF-8 goes as a string.
+          const sendable = frames.map((f) => (f instanceof Utf8Text ? f.text() : f))
+          return writer.writeAll(sendable as [typeof sendable[0], ...typeof sendable]).pipe(
             Effect.ensuring(Effect.sync(() => nodeSocket.uncork()))
           )
         }),

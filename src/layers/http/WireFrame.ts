@@ -10,7 +10,7 @@
  * server CPU per delivery, most of the rest is the write syscall). Encoded frames are never
  * mutated after encoding, so identity is a sound key.
  */
-import type { EncodedFrame } from "../../domain/Protocol.ts"
+import { type EncodedFrame, Utf8Text } from "../../domain/Protocol.ts"
 
 const OPCODE_TEXT = 0x1
 const OPCODE_BINARY = 0x2
@@ -39,10 +39,17 @@ const header = (opcode: number, length: number): Buffer => {
   return h
 }
 
+/** The opcode and payload bytes of a frame: text (UTF-8) for strings and `Utf8Text`, binary else. */
+const payloadOf = (frame: EncodedFrame): { readonly opcode: number; readonly payload: Uint8Array } =>
+  typeof frame === "string"
+    ? { opcode: OPCODE_TEXT, payload: Buffer.from(frame, "utf8") }
+    : frame instanceof Utf8Text
+    ? { opcode: OPCODE_TEXT, payload: frame.bytes }
+    : { opcode: OPCODE_BINARY, payload: frame }
+
 /** Builds the wire frame of one encoded frame: binary for bytes, text (UTF-8) for strings. */
 export const buildWireFrame = (frame: EncodedFrame): Buffer => {
-  const payload = typeof frame === "string" ? Buffer.from(frame, "utf8") : frame
-  const opcode = typeof frame === "string" ? OPCODE_TEXT : OPCODE_BINARY
+  const { opcode, payload } = payloadOf(frame)
   const h = header(opcode, payload.byteLength)
   const wire = Buffer.allocUnsafe(h.byteLength + payload.byteLength)
   wire.set(h, 0)
@@ -68,6 +75,8 @@ const COPY_LIMIT = 16 * 1024
  * consecutive writes of the same text.
  */
 export const wireFrame = (frame: EncodedFrame): Buffer => {
+  // Text already in UTF-8 is a replay frame: one connection's, written once.
+  if (frame instanceof Utf8Text) return buildWireFrame(frame)
   if (typeof frame === "string") {
     if (lastTextWire !== undefined && lastText === frame) return lastTextWire
     const wire = buildWireFrame(frame)
@@ -92,15 +101,21 @@ export interface FrameSink {
 
 /**
  * Writes one data frame to the socket: a small one as its (shared) wire frame in one write, a
- * large binary one (coalesced live batches, replay chunks) as header + payload under cork.
+ * large one already in bytes (coalesced live batches, replay chunks) as header + payload under
+ * cork.
  */
 export const writeFrame = (socket: FrameSink, frame: EncodedFrame): void => {
-  if (typeof frame !== "string" && frame.byteLength >= COPY_LIMIT) {
-    socket.cork()
-    socket.write(header(OPCODE_BINARY, frame.byteLength))
-    socket.write(frame)
-    socket.uncork()
-    return
+  if (typeof frame !== "string") {
+    const { opcode, payload } = frame instanceof Utf8Text
+      ? { opcode: OPCODE_TEXT, payload: frame.bytes }
+      : { opcode: OPCODE_BINARY, payload: frame }
+    if (payload.byteLength >= COPY_LIMIT) {
+      socket.cork()
+      socket.write(header(opcode, payload.byteLength))
+      socket.write(payload)
+      socket.uncork()
+      return
+    }
   }
   socket.write(wireFrame(frame))
 }
