@@ -8,8 +8,8 @@
 import { assert, describe, it, layer } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
 import { SqlClient } from "effect/sql"
-import { chunkUpdatesJson, chunkUpdatesProto } from "../../src/domain/Protocol.ts"
-import { Journal, type JournalDraft, packPage, REPLAY_PAGE, unpackAfter } from "../../src/services/Journal.ts"
+import { type ChunkLimits, chunkUpdatesJson, chunkUpdatesProto, type UpdatesHeader } from "../../src/domain/Protocol.ts"
+import { Journal, type JournalDraft, type PackedPage, packPage, REPLAY_PAGE, type ReplayPage, unpackAfter } from "../../src/services/Journal.ts"
 import { seeded } from "../client/support/Fakes.ts"
 import { testServices } from "../support/TestApp.ts"
 
@@ -60,6 +60,41 @@ describe("packed replay pages", () => {
     }
   })
 
+  /**
+   * Frames cut from `page` against `chunkUpdates` of its entries, for slices after three cursors,
+   * a random budget and budgets at (and one byte around) sizes real frames have.
+   */
+  const checkFrames = <I>(
+    rand: () => number,
+    round: number,
+    page: PackedPage,
+    cut: {
+      readonly items: (slice: ReplayPage, after: number) => Array<I>
+      readonly chunk: (header: UpdatesHeader, items: Array<I>, limits: ChunkLimits) => Array<Uint8Array>
+      readonly frames: (slice: ReplayPage, header: UpdatesHeader, limits: ChunkLimits) => Array<Uint8Array>
+    }
+  ) => {
+    const maxItems = 1 + Math.floor(rand() * (rand() < 0.5 ? 4 : 600))
+    const randomBudget = 64 + Math.floor(rand() * 70_000)
+    const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
+    for (const after of [0, page.first + Math.floor(rand() * REPLAY_PAGE), page.first + REPLAY_PAGE - 1]) {
+      const slice = unpackAfter(page, after)
+      const items = cut.items(slice, after)
+      const sizes = cut.chunk(header, items, { maxItems, maxFrameBytes: 1e9 }).map((f) => f.byteLength)
+      const exact = [0, 1, 2].flatMap(() => {
+        const size = sizes[Math.floor(rand() * sizes.length)] ?? 100
+        return [size - 1, size, size + 1]
+      })
+      for (const maxFrameBytes of [randomBudget, ...exact]) {
+        const budget = { maxItems, maxFrameBytes }
+        const want = cut.chunk(header, items, budget)
+        const got = cut.frames(slice, header, budget)
+        assert.strictEqual(got.length, want.length, `round ${round}, budget ${maxFrameBytes}`)
+        got.forEach((frame, i) => assert.isTrue(Buffer.from(frame).equals(want[i]!), `round ${round} frame ${i}`))
+      }
+    }
+  }
+
   it("protobuf frames straight from a packed page are chunkUpdates of its entries, byte for byte", () => {
     const rand = seeded(11)
     const first = REPLAY_PAGE + 1
@@ -71,29 +106,11 @@ describe("packed replay pages", () => {
         const n = size()
         return rand() < 0.9 ? source.subarray(k % 97, (k % 97) + n) : undefined
       })
-      const page = packPage("e", first, "pb", slots)
-      const limits = {
-        maxItems: 1 + Math.floor(rand() * (rand() < 0.5 ? 4 : 600)),
-        maxFrameBytes: 64 + Math.floor(rand() * 70_000)
-      }
-      const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
-      for (const after of [0, first + Math.floor(rand() * REPLAY_PAGE), first + REPLAY_PAGE - 1]) {
-        const slice = unpackAfter(page, after)
-        const items = slice.entries().map((e) => e.pb)
-        // The random budget, and budgets exactly at (and one byte around) sizes real frames have.
-        const sizes = chunkUpdatesProto(header, items, { maxItems: limits.maxItems, maxFrameBytes: 1e9 }).map((f) => f.byteLength)
-        const exact = [0, 1, 2].flatMap(() => {
-          const size = sizes[Math.floor(rand() * sizes.length)] ?? 100
-          return [size - 1, size, size + 1]
-        })
-        for (const maxFrameBytes of [limits.maxFrameBytes, ...exact]) {
-          const budget = { maxItems: limits.maxItems, maxFrameBytes }
-          const want = chunkUpdatesProto(header, items, budget)
-          const got = slice.framesProto(header, budget)
-          assert.strictEqual(got.length, want.length, `round ${round}, budget ${maxFrameBytes}`)
-          got.forEach((frame, i) => assert.isTrue(Buffer.from(frame).equals(want[i]!), `round ${round} frame ${i}`))
-        }
-      }
+      checkFrames(rand, round, packPage("e", first, "pb", slots), {
+        items: (slice) => slice.entries().map((e) => e.pb),
+        chunk: chunkUpdatesProto,
+        frames: (slice, header, limits) => slice.framesProto(header, limits)
+      })
     }
   })
 
@@ -103,33 +120,19 @@ describe("packed replay pages", () => {
     // Multi-byte characters: budgets count UTF-8 bytes, not UTF-16 units.
     const alphabet = ["a", "é", "😀", "\\\"", "✓", "z"]
     const chars = Array.from({ length: 30_000 }, () => alphabet[Math.floor(rand() * alphabet.length)]!)
-    const source = { slice: (from: number, to: number) => chars.slice(from, to).join("") }
+    const text = (from: number, length: number) => chars.slice(from, from + length).join("")
     for (let round = 0; round < 30; round++) {
       const size = () => (rand() < 0.01 ? 5_000 + Math.floor(rand() * 20_000) : Math.floor(rand() * (rand() < 0.5 ? 60 : 300)))
-      const texts = Array.from({ length: REPLAY_PAGE }, (_, k) => (rand() < 0.9 ? `{"k":"${source.slice(k % 89, (k % 89) + size())}"}` : undefined))
-      const page = packPage("e", first, "json", texts)
-      const limits = {
-        maxItems: 1 + Math.floor(rand() * (rand() < 0.5 ? 4 : 600)),
-        maxFrameBytes: 64 + Math.floor(rand() * 70_000)
-      }
-      const header = { topic: rand() < 0.5 ? "run/ü-" + round : "", epoch: rand() < 0.5 ? "ep" : "", replay: rand() < 0.7 }
-      for (const after of [0, first + Math.floor(rand() * REPLAY_PAGE), first + REPLAY_PAGE - 1]) {
-        const slice = unpackAfter(page, after)
-        const items = slice.entries().map((e) => e.json)
-        assert.deepStrictEqual(items, texts.flatMap((t, k) => (t !== undefined && first + k > after ? [t] : [])))
-        const sizes = chunkUpdatesJson(header, items, { maxItems: limits.maxItems, maxFrameBytes: 1e9 }).map((f) => Buffer.byteLength(f))
-        const exact = [0, 1, 2].flatMap(() => {
-          const size = sizes[Math.floor(rand() * sizes.length)] ?? 100
-          return [size - 1, size, size + 1]
-        })
-        for (const maxFrameBytes of [limits.maxFrameBytes, ...exact]) {
-          const budget = { maxItems: limits.maxItems, maxFrameBytes }
-          const want = chunkUpdatesJson(header, items, budget)
-          const got = slice.framesJson(header, budget)
-          assert.strictEqual(got.length, want.length, `round ${round}, budget ${maxFrameBytes}`)
-          got.forEach((frame, i) => assert.isTrue(Buffer.from(frame.bytes).equals(Buffer.from(want[i]!, "utf8")), `round ${round} frame ${i}`))
-        }
-      }
+      const texts = Array.from({ length: REPLAY_PAGE }, (_, k) => (rand() < 0.9 ? `{"k":"${text(k % 89, size())}"}` : undefined))
+      checkFrames(rand, round, packPage("e", first, "json", texts), {
+        items: (slice, after) => {
+          const items = slice.entries().map((e) => e.json)
+          assert.deepStrictEqual(items, texts.flatMap((t, k) => (t !== undefined && first + k > after ? [t] : [])))
+          return items
+        },
+        chunk: (header, items, limits) => chunkUpdatesJson(header, items, limits).map((f) => Buffer.from(f, "utf8")),
+        frames: (slice, header, limits) => slice.framesJson(header, limits).map((f) => f.bytes)
+      })
     }
   })
 })
