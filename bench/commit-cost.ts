@@ -12,26 +12,15 @@
  * compare across code changes: on a shared, noisy machine it moves much less than throughput.
  * Env: BENCH_DAEMON_NODE_ARGS (extra daemon flags), BENCH_CPU_PROF=1 (daemon profile in the log dir).
  */
-import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
 import type { PublishResult } from "./lib/common.ts"
-import { cpuTimeMs, Gen, HAS_TASKSET, installExitHandlers, killAll, treeCpuMs } from "./lib/proc.ts"
-import { startKhala } from "./lib/servers.ts"
+import { cpuTimeMs, Gen, installExitHandlers, killAll, treeCpuMs } from "./lib/proc.ts"
+import { startCostDaemon } from "./lib/servers.ts"
 
 installExitHandlers()
 const rounds = Number(process.argv[2] ?? 3)
 const durationMs = Number(process.argv[3] ?? 5) * 1000
 const shapes = (process.argv[4] ?? "batched,many-topics").split(",")
-const serverCore = HAS_TASKSET ? "0" : undefined
-const genCore = HAS_TASKSET ? "1" : undefined
-const logDir = fs.mkdtempSync(path.join(os.tmpdir(), "khala-commit-cost-"))
-const server = await startKhala({
-  core: serverCore,
-  logDir,
-  cpuProfDir: process.env["BENCH_CPU_PROF"] === "1" ? logDir : undefined,
-  subprotocol: "khala.v1.proto"
-})
+const { server, logDir, genCore } = await startCostDaemon("khala-commit-cost", "khala.v1.proto")
 // The many-topics publisher coalesces into batch requests of ≤ 1000 events, as `npm run bench` does.
 const batching = { ...server.target, batch: 1000 }
 console.log(`logs in ${logDir}`)

@@ -11,26 +11,18 @@
  * Env: BENCH_SUBPROTOCOL (`khala.v1.proto`, the default, or `khala.v1.json`), BENCH_DAEMON_NODE_ARGS
  * (extra daemon flags), BENCH_CPU_PROF=1 (daemon profile in the log dir).
  */
-import * as fs from "node:fs"
-import * as os from "node:os"
-import * as path from "node:path"
 import { nowMs, type PublishResult, type ReplayResult } from "./lib/common.ts"
-import { cpuTimeMs, Gen, HAS_TASKSET, installExitHandlers, killAll, treeCpuMs } from "./lib/proc.ts"
-import { startKhala } from "./lib/servers.ts"
+import { cpuTimeMs, Gen, installExitHandlers, killAll, treeCpuMs } from "./lib/proc.ts"
+import { startCostDaemon } from "./lib/servers.ts"
 
 installExitHandlers()
 const entries = Number(process.argv[2] ?? 100_000)
 const replays = Number(process.argv[3] ?? 4)
 process.env["KHALA_REPLAY_CACHE_BYTES"] = "0"
-const serverCore = HAS_TASKSET ? "0" : undefined
-const genCore = HAS_TASKSET ? "1" : undefined
-const logDir = fs.mkdtempSync(path.join(os.tmpdir(), "khala-replay-cost-"))
-const server = await startKhala({
-  core: serverCore,
-  logDir,
-  cpuProfDir: process.env["BENCH_CPU_PROF"] === "1" ? logDir : undefined,
-  subprotocol: process.env["BENCH_SUBPROTOCOL"] === "khala.v1.json" ? "khala.v1.json" : "khala.v1.proto"
-})
+const { server, logDir, genCore } = await startCostDaemon(
+  "khala-replay-cost",
+  process.env["BENCH_SUBPROTOCOL"] === "khala.v1.json" ? "khala.v1.json" : "khala.v1.proto"
+)
 try {
   const topic = `rc-${Date.now().toString(36)}`
   // run.created and each run.step add two entries (event + run summary) to run/<id>.

@@ -15,7 +15,7 @@ import { nowMs, type SystemName, type Target } from "./common.ts"
 import { HttpClient } from "./http.ts"
 import { jsApi, NATS_STREAM, NatsWs } from "./natsWs.ts"
 import { daemonNodeFlags } from "../../bin/node-flags.mjs"
-import { freePort, pinned, stopChild, track } from "./proc.ts"
+import { freePort, HAS_TASKSET, pinned, stopChild, track } from "./proc.ts"
 
 export interface Server {
   readonly system: SystemName
@@ -183,6 +183,21 @@ const startNodeBaseline = async (system: "ws" | "socketio", script: string, core
     alive: alive(child),
     stop: () => stopChild(child, 5000)
   }
+}
+
+/**
+ * The daemon of a cost harness (`bench/*-cost.ts`): pinned to core 0 with its Postgres, logs in a
+ * fresh `/tmp/<name>-*` directory, a CPU profile there with BENCH_CPU_PROF=1; the generators' core.
+ */
+export const startCostDaemon = async (name: string, subprotocol: "khala.v1.proto" | "khala.v1.json") => {
+  const logDir = fs.mkdtempSync(path.join(os.tmpdir(), `${name}-`))
+  const server = await startKhala({
+    core: HAS_TASKSET ? "0" : undefined,
+    logDir,
+    cpuProfDir: process.env["BENCH_CPU_PROF"] === "1" ? logDir : undefined,
+    subprotocol
+  })
+  return { server, logDir, genCore: HAS_TASKSET ? "1" : undefined }
 }
 
 export const startWs = (core: string | undefined, logDir: string) => startNodeBaseline("ws", "ws-broadcast.ts", core, logDir)
