@@ -162,7 +162,9 @@ export class Gen {
       // It exits on its own (writing a `--cpu-prof` profile, when BENCH_GEN_NODE_ARGS asks for one).
       const exited = new Promise<void>((r) => this.child.once("exit", () => r()))
       this.send({ type: "close" })
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))])
+      let timer: ReturnType<typeof setTimeout> | undefined
+      await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 3000)))])
+      clearTimeout(timer)
     }
     await stopChild(this.child, 3000).catch(() => {})
   }

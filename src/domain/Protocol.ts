@@ -71,7 +71,7 @@ export class Utf8Text {
   constructor(bytes: Uint8Array) {
     this.bytes = bytes
   }
-  /** The text (tests and tools; the server never needs it). */
+  /** The text (tests, tools, and the test servers' pulled socket path, which sends strings). */
   text(): string {
     return Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength).toString("utf8")
   }

@@ -237,13 +237,13 @@ export class ReplayPage {
     if (page === undefined) return []
     const { offsets, ends, data, first, count } = page
     const binary = page.encoding === "pb"
-    const text = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+    const text = binary ? undefined : Buffer.from(data.buffer, data.byteOffset, data.byteLength)
     const entries: Array<StoredEntry> = new Array(count - this.from)
     for (let i = this.from, j = 0; i < count; i++, j++) {
       const seq = first + offsets[i]!
       entries[j] = binary
         ? { seq, pb: data.subarray(delimitedItemStart(data, i === 0 ? 0 : ends[i - 1]!), ends[i]!), json: "" }
-        : { seq, pb: NO_BYTES, json: text.toString("utf8", i === 0 ? 0 : ends[i - 1]! + 1, ends[i]!) }
+        : { seq, pb: NO_BYTES, json: text!.toString("utf8", i === 0 ? 0 : ends[i - 1]! + 1, ends[i]!) }
     }
     return entries
   }
