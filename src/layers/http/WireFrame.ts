@@ -39,7 +39,10 @@ const header = (opcode: number, length: number): Buffer => {
   return h
 }
 
-/** The opcode and payload bytes of a frame: text (UTF-8) for strings and `Utf8Text`, binary else. */
+/**
+ * The opcode and payload bytes of a frame: text (UTF-8) for strings and `Utf8Text`, binary else.
+ * Only a string is encoded (a copy); bytes are used as they are.
+ */
 const payloadOf = (frame: EncodedFrame): { readonly opcode: number; readonly payload: Uint8Array } =>
   typeof frame === "string"
     ? { opcode: OPCODE_TEXT, payload: Buffer.from(frame, "utf8") }
@@ -106,9 +109,7 @@ export interface FrameSink {
  */
 export const writeFrame = (socket: FrameSink, frame: EncodedFrame): void => {
   if (typeof frame !== "string") {
-    const { opcode, payload } = frame instanceof Utf8Text
-      ? { opcode: OPCODE_TEXT, payload: frame.bytes }
-      : { opcode: OPCODE_BINARY, payload: frame }
+    const { opcode, payload } = payloadOf(frame)
     if (payload.byteLength >= COPY_LIMIT) {
       socket.cork()
       socket.write(header(opcode, payload.byteLength))
