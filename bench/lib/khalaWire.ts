@@ -1,9 +1,10 @@
 /**
- * Cheap decoding of Khala `Updates` frames for the load generator. Full protobuf decoding of every
- * frame at 10⁵–10⁶ items/s would make the generator, not the server, the bottleneck; this walks
- * only the fields the bench needs (ServerFrame.updates → Updates.items[] → Update.seq,
- * committed_at_ms, whether it carries a `run_event`, and the send-time marker inside it).
- * Every other frame type (rare) is decoded with the production codec.
+ * Cheap decoding of Khala `Updates` frames for the load generator. Full decoding of every frame
+ * (protobuf, or `JSON.parse`) at 10⁵–10⁶ items/s would make the generator, not the server, the
+ * bottleneck; this walks only the fields the bench needs (ServerFrame.updates → Updates.items[] →
+ * Update.seq, committed_at_ms, whether it carries a `run_event`, and the send-time marker inside
+ * it), in protobuf frames and, as bytes, in JSON ones. Every other frame type (rare) is decoded
+ * with the production codec.
  */
 import { create } from "@bufbuild/protobuf"
 import { Result } from "effect"
