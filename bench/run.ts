@@ -69,7 +69,7 @@ if (flags.help) {
   --quick                 smaller sizes (finishes in < 3 min on 2 cores)
   --scaling               cost vs size: subscribers, topics and retained entries at three sizes each
   --systems=khala,ws,socketio,nats   systems to run (default: all; nats skipped without nats-server)
-  --only=idle,fanout,fanout-json,latency,many-topics,ingest,ingest-batch,ingest-workers,replay   scenarios to run
+  --only=idle,fanout,fanout-json,latency,many-topics,ingest,ingest-batch,ingest-workers,replay,replay-json   scenarios to run
   --subscribers=N         live fanout subscribers (default 1000, quick 200)
   --topics=N              many-topics: topics × 1 subscriber (default 1000, quick 200)
   --replay-entries=N      retained entries replayed (default 100000, quick 20000)
@@ -482,8 +482,14 @@ const ingest = (writers: number, batch: number | undefined, workerHeartbeats = f
  * incrementally; Socket.IO (whose replay is the recovery of one disconnection) loads a fresh
  * room per size while its client is away.
  */
-const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => string): ScenarioFn => async (server, outcome) => {
-  const base = `rp-${tag}-${sizes.join("_")}`
+const replay = (
+  sizes: ReadonlyArray<number>,
+  scenarioOf: (size: number) => string,
+  subprotocol: KhalaSubprotocol = "khala.v1.proto"
+): ScenarioFn => async (server, outcome) => {
+  const base = `rp-${tag}-${sizes.join("_")}${subprotocol === "khala.v1.json" ? "-json" : ""}`
+  // The replaying client's subprotocol (Khala); the topic is loaded through the same publisher.
+  const replayTarget = server.system === "khala" ? { ...server.target, subprotocol } : server.target
   let loaded = 0 // Khala: commits; others: messages
   let loadMs = 0
   for (const size of sizes) {
@@ -496,7 +502,7 @@ const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => stri
     const toLoad = sio ? size : totalCommits - loaded
     const expected = khala ? 2 + 2 * totalCommits : size
     const result = await withGens(1, async ([rg]) => {
-      rg!.start({ kind: "replay", target: server.target, topic, expected })
+      rg!.start({ kind: "replay", target: replayTarget, topic, expected })
       await rg!.next("ready")
       const lr = await runPublish(khalaTarget(server, "khala.v1.proto"), {
         topics: [topic],
@@ -530,7 +536,7 @@ const replay = (sizes: ReadonlyArray<number>, scenarioOf: (size: number) => stri
     // The same replay again: the first read of freshly written rows also pays Postgres' first-read
     // costs (hint bits), which a journal that has been retained for a while no longer has.
     const again = await withGens(1, async ([rg]) => {
-      rg!.start({ kind: "replay", target: server.target, topic, expected })
+      rg!.start({ kind: "replay", target: replayTarget, topic, expected })
       await rg!.next("ready")
       rg!.send({ type: "go" })
       return rg!.result<ReplayResult>()
@@ -594,6 +600,9 @@ if (opts.scaling) {
     }
   }
   if (wanted("replay")) plan.push({ name: "replay", systems: everyone, fn: replay([opts.replayEntries], () => "replay") })
+  if (wanted("replay-json") && systems.includes("khala")) {
+    plan.push({ name: "replay (JSON)", systems: ["khala"], fn: replay([opts.replayEntries], () => "replay (JSON)", "khala.v1.json") })
+  }
 }
 params["payload padding"] = `${opts.padBytes} bytes`
 
@@ -741,7 +750,8 @@ const ratioText = (r: number | undefined) => (r === undefined || !Number.isFinit
 const computeRatios = () => {
   for (const r of rows) {
     if (r.system !== "khala") continue
-    const baseScenario = r.scenario === "fanout (JSON)" ? "fanout" : r.scenario
+    // A JSON row is compared with the peers' row of the same scenario (they have one protocol).
+    const baseScenario = r.scenario === "fanout (JSON)" ? "fanout" : r.scenario === "replay (JSON)" ? "replay" : r.scenario
     const ratios: Partial<Record<SystemName, number>> = {}
     for (const b of systems) {
       if (b === "khala") continue
@@ -784,6 +794,13 @@ const evaluateTargets = (): Array<Target_> => {
   // The repeat is served from Khala's replay page cache (complete pages stay in memory), not Postgres.
   t(`replay of 100k entries ≤ 0.4 s, repeated — Khala from its replay page cache, not Postgres${scaled}`,
     rt2 === undefined || re === undefined ? undefined : rt2 * (100_000 / re), (v) => v <= 0.4, (v) => `${rt2!.toFixed(3)} s for ${re} (${v.toFixed(3)} s per 100k)`)
+  const rj = value("replay (JSON)", "khala", "replay time")
+  const rjn = value("replay (JSON)", "khala", "entries")
+  t(`replay of 100k entries ≤ 0.4 s, first read after loading, khala.v1.json subscriber${scaled}`,
+    rj === undefined || rjn === undefined ? undefined : rj * (100_000 / rjn), (v) => v <= 0.4, (v) => `${rj!.toFixed(3)} s for ${rjn} (${v.toFixed(3)} s per 100k)`)
+  const rj2 = value("replay (JSON)", "khala", "replay time (repeat)")
+  t(`replay of 100k entries ≤ 0.4 s, repeated (page cache), khala.v1.json subscriber${scaled}`,
+    rj2 === undefined || rjn === undefined ? undefined : rj2 * (100_000 / rjn), (v) => v <= 0.4, (v) => `${rj2!.toFixed(3)} s for ${rjn} (${v.toFixed(3)} s per 100k)`)
   t("idle memory ≤ 10 KB per connection", value("idle", "khala", "RSS per connection"), (v) => v <= 10, (v) => `${v.toFixed(1)} KB`)
   t("idle memory ≤ 1.5× raw ws", ratio("idle", "RSS per connection", "ws"), (v) => v <= 1.5, (v) => `${v.toFixed(2)}×`)
   const ing = opts.batchWriters.map((w) => value(ingestBatchScenario(w), "khala", "acknowledged writes/s")).filter((v): v is number => v !== undefined)
